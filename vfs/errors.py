@@ -1,0 +1,85 @@
+"""Typed errors shared by every layer.
+
+Each error that can reach a filesystem call carries the errno the kernel should see and the log level
+the single error boundary (``vfs.fuse_ops``) logs it at. Start-up mistakes are ``ConfigError``s with a
+documented exit code: the CLI prints one line and exits, never a traceback.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import logging
+
+
+class VfsError(Exception):
+    """An expected failure of a filesystem operation."""
+
+    errno: int = _errno.EIO
+    log_level: int = logging.ERROR
+
+
+class NotFound(VfsError):
+    """The path does not exist in this view (ENOENT)."""
+
+    errno = _errno.ENOENT
+    log_level = logging.DEBUG
+
+
+class NotADirectory(VfsError):
+    errno = _errno.ENOTDIR
+    log_level = logging.DEBUG
+
+
+class IsADirectory(VfsError):
+    errno = _errno.EISDIR
+    log_level = logging.DEBUG
+
+
+class ReadOnly(VfsError):
+    """Any mutation of the read-only view (EROFS)."""
+
+    errno = _errno.EROFS
+    log_level = logging.DEBUG
+
+
+class NoAttribute(VfsError):
+    """An extended attribute that the file does not have (ENODATA)."""
+
+    errno = _errno.ENODATA
+    log_level = logging.DEBUG
+
+
+class RemoteChanged(VfsError):
+    """The remote no longer matches what was pinned (ESTALE)."""
+
+    errno = _errno.ESTALE
+    log_level = logging.ERROR
+
+
+class IntegrityError(VfsError):
+    """Bytes failed a length or checksum check; they are never served (EIO)."""
+
+    errno = _errno.EIO
+    log_level = logging.ERROR
+
+
+class FetchError(VfsError):
+    """The remote could not deliver the bytes within the retry budget (EIO)."""
+
+    errno = _errno.EIO
+    log_level = logging.ERROR
+
+
+class ConfigError(Exception):
+    """A user mistake found at start-up: one line on stderr and ``exit_code``.
+
+    Exit codes (documented in the README):
+      2  usage or invalid configuration (unknown key, bad value, invalid TOML, unreadable file)
+      3  a configured path is unusable (missing upstream root, unwritable cache dir, bad mountpoint)
+      4  the Hub refused or could not be reached at start-up (repo, revision, token, network)
+      5  the mount itself failed (FUSE unavailable, mountpoint busy)
+    """
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
