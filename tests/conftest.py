@@ -1,0 +1,37 @@
+"""Shared fixtures.
+
+The log contract: a test fails if any ``vfs`` logger emits WARNING or worse that the test did not
+declare with ``@pytest.mark.allow_log(r"regex", ...)``. Degradations must be visible, and a test that
+provokes one must say so.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "allow_log(*patterns): WARNING+ log messages matching any regex are expected"
+    )
+
+
+@pytest.fixture(autouse=True)
+def log_contract(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.DEBUG, logger="vfs")
+    yield
+    patterns = [p for m in request.node.iter_markers("allow_log") for p in m.args]
+    unexpected = [
+        r
+        for when in ("setup", "call", "teardown")
+        for r in caplog.get_records(when)
+        if r.levelno >= logging.WARNING
+        and r.name.startswith("vfs")
+        and not any(re.search(p, r.getMessage()) for p in patterns)
+    ]
+    if unexpected:
+        lines = "\n".join(f"{r.levelname} {r.name}: {r.getMessage()}" for r in unexpected[:20])
+        pytest.fail(f"unexpected WARNING+ log records (declare with @pytest.mark.allow_log):\n{lines}")
