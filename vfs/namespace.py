@@ -1,0 +1,170 @@
+"""The inode table: one immutable tree per mount, built from the catalog before mounting.
+
+Invariants:
+- Built once by ``NamespaceBuilder`` and never mutated afterwards, so the trio thread reads it without
+  locks and inode numbers are stable for the life of the mount (they are list indices).
+- Every path in it is a normalised relative path (no ``..``, no empty or ``.`` components): callers hand
+  in paths that ``vfs.catalog.annotations.normalise_video_path`` accepted or that the Hub listed.
+- A name is either a file or a directory; a later conflicting entry is refused (``PathConflict``) and the
+  first one wins, so one dirty record can never hide a whole directory.
+- ``size`` is exact before any byte is fetched: it comes from the listing or the shard index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+ROOT_INO = 1
+
+
+class PathConflict(ValueError):
+    """A path collides with an existing entry of the other kind (file vs directory)."""
+
+
+@dataclass(slots=True)
+class Node:
+    """One entry. ``ref`` says where a file's bytes come from (see ``vfs.sources``); None for directories."""
+
+    ino: int
+    parent: int
+    name: str
+    size: int
+    ref: object | None
+    children: dict[str, int] | None
+    _sorted: list[str] | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.children is not None
+
+
+class Namespace:
+    """Read-only view of the tree built by ``NamespaceBuilder``."""
+
+    def __init__(self, nodes: list[Node | None]) -> None:
+        self._nodes = nodes
+        self.file_count = sum(1 for n in nodes if n is not None and not n.is_dir)
+
+    def __len__(self) -> int:
+        return len(self._nodes) - 1
+
+    def get(self, ino: int) -> Node | None:
+        if 0 < ino < len(self._nodes):
+            return self._nodes[ino]
+        return None
+
+    def child(self, parent: Node, name: str) -> Node | None:
+        if parent.children is None:
+            return None
+        ino = parent.children.get(name)
+        return None if ino is None else self._nodes[ino]
+
+    def resolve(self, path: str) -> Node | None:
+        """The node at a relative path ('' is the root), or None."""
+        node = self._nodes[ROOT_INO]
+        for part in (p for p in path.split("/") if p):
+            if node is None:
+                return None
+            node = self.child(node, part)
+        return node
+
+    def sorted_names(self, node: Node) -> list[str]:
+        """Children in a stable order, so readdir offsets stay valid across calls."""
+        if node.children is None:
+            return []
+        if node._sorted is None:
+            node._sorted = sorted(node.children)
+        return node._sorted
+
+    def path_of(self, node: Node) -> str:
+        parts: list[str] = []
+        while node.ino != ROOT_INO:
+            parts.append(node.name)
+            parent = self._nodes[node.parent]
+            assert parent is not None
+            node = parent
+        return "/".join(reversed(parts))
+
+    def walk_files(self, top: Node | None = None) -> Iterator[tuple[str, Node]]:
+        """Every file below ``top`` (default: the root) with its path, depth first."""
+        start = top if top is not None else self._nodes[ROOT_INO]
+        assert start is not None
+        prefix = self.path_of(start)
+        stack = [(prefix, start)]
+        while stack:
+            path, node = stack.pop()
+            for name in self.sorted_names(node):
+                child = self.child(node, name)
+                assert child is not None
+                child_path = f"{path}/{name}" if path else name
+                if child.is_dir:
+                    stack.append((child_path, child))
+                else:
+                    yield child_path, child
+
+
+class NamespaceBuilder:
+    """Accumulates files and directories, then freezes them into a ``Namespace``."""
+
+    def __init__(self) -> None:
+        root = Node(ino=ROOT_INO, parent=ROOT_INO, name="", size=0, ref=None, children={})
+        self._nodes: list[Node | None] = [None, root]
+
+    def _dir(self, parts: list[str]) -> Node:
+        node = self._nodes[ROOT_INO]
+        assert node is not None
+        for part in parts:
+            assert node.children is not None
+            ino = node.children.get(part)
+            if ino is None:
+                child = Node(ino=len(self._nodes), parent=node.ino, name=part, size=0, ref=None, children={})
+                self._nodes.append(child)
+                node.children[part] = child.ino
+                node = child
+                continue
+            existing = self._nodes[ino]
+            assert existing is not None
+            if not existing.is_dir:
+                raise PathConflict(f"{part!r} is a file, not a directory")
+            node = existing
+        return node
+
+    def add_dir(self, path: str) -> Node:
+        return self._dir([p for p in path.split("/") if p])
+
+    def add_file(self, path: str, size: int, ref: object, *, replace: bool = False) -> Node:
+        """Add a file; an existing file at the path is kept unless ``replace``. Raises PathConflict."""
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            raise PathConflict("empty path")
+        parent = self._dir(parts[:-1])
+        assert parent.children is not None
+        name = parts[-1]
+        ino = parent.children.get(name)
+        if ino is not None:
+            existing = self._nodes[ino]
+            assert existing is not None
+            if existing.is_dir:
+                raise PathConflict(f"{path!r} is a directory")
+            if replace:
+                existing.size, existing.ref = size, ref
+            return existing
+        node = Node(ino=len(self._nodes), parent=parent.ino, name=name, size=size, ref=ref, children=None)
+        self._nodes.append(node)
+        parent.children[name] = node.ino
+        return node
+
+    def has(self, path: str) -> bool:
+        node = self._nodes[ROOT_INO]
+        for part in (p for p in path.split("/") if p):
+            assert node is not None
+            if node.children is None or part not in node.children:
+                return False
+            node = self._nodes[node.children[part]]
+        return True
+
+    def build(self) -> Namespace:
+        ns = Namespace(self._nodes)
+        self._nodes = []
+        return ns
