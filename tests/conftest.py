@@ -35,3 +35,32 @@ def log_contract(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixtur
     if unexpected:
         lines = "\n".join(f"{r.levelname} {r.name}: {r.getMessage()}" for r in unexpected[:20])
         pytest.fail(f"unexpected WARNING+ log records (declare with @pytest.mark.allow_log):\n{lines}")
+
+
+REPO_ID = "lmms-lab/LLaVA-Video-178K"
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    """The generated demo dataset (real mp4s in tar.gz shards), built once per test session."""
+    from vfs.demo.dataset import build_demo_dataset
+
+    return build_demo_dataset(tmp_path_factory.mktemp("demo") / "repo")
+
+
+@pytest.fixture(scope="session")
+def _session_hub(demo):
+    from vfs.hub.emulator import HubEmulator
+
+    with HubEmulator(repo_id=REPO_ID, tree_page_size=50) as emu:
+        emu.commit(demo.root)
+        yield emu
+
+
+@pytest.fixture
+def hub(_session_hub):
+    """The session's Hub emulator serving the demo repo, with a clean request log and no faults."""
+    _session_hub.clear_faults()
+    _session_hub.reset_log()
+    yield _session_hub
+    _session_hub.clear_faults()

@@ -1,0 +1,327 @@
+"""``llava-vfs index``: pin the revision, read the annotations, index the shards, write the catalog.
+
+Steps, each resumable and idempotent (re-running after an interruption redoes only what is missing):
+1. resolve the configured revision to a commit sha and list the repo at that commit;
+2. download each included annotation JSON (verified against its LFS sha256 / blob id, kept under
+   ``annotations/<content id>.json``) and stream-parse it for the ``video`` paths it wants, skipping and
+   counting hostile or malformed records;
+3. for each included shard without an index, one sequential streamed pass builds its seek index
+   (``vfs.catalog.shard_index``), saved under its LFS sha256 so a re-uploaded shard is never confused
+   with the old one; ``--jobs`` shards at a time;
+4. write the per-commit catalog and pin the revision to the commit.
+
+The network stays on the trio thread (async client); inflating, hashing and parsing run in threads.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from vfs.catalog.annotations import AnnotationError, annotation_kind, iter_video_records, video_directory
+from vfs.catalog.catalog import CatalogData, CatalogDir, ShardInfo, WantedRow
+from vfs.catalog.shard_index import ShardIndex, build_shard_index
+from vfs.config import Config
+from vfs.errors import ConfigError, IntegrityError
+from vfs.hub.client import HubClient, RepoFile
+from vfs.layout import CacheLayout
+from vfs.sources.opener import index_path
+from vfs.sources.refs import HubFileRef, MemberRef
+
+log = logging.getLogger(__name__)
+
+MAX_RECORD_WARNINGS_PER_FILE = 50
+
+
+@dataclass
+class IndexReport:
+    commit: str = ""
+    annotation_files: int = 0
+    records: int = 0
+    bad_records: int = 0
+    wanted: int = 0
+    shards: int = 0
+    shards_built: int = 0
+    shard_bytes_read: int = 0
+    members: int = 0
+    index_bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def included_directories(files: list[RepoFile], patterns: tuple[str, ...]) -> set[str]:
+    dirs = {f.path.split("/", 1)[0] for f in files if "/" in f.path}
+    if not patterns:
+        return dirs
+    return {d for d in dirs if any(fnmatch.fnmatchcase(d, p) for p in patterns)}
+
+
+def is_shard(path: str) -> bool:
+    return path.endswith((".tar.gz", ".tgz"))
+
+
+class _ChannelReader:
+    """A blocking ``read(n)`` over a trio channel of chunks, for the index builder's worker thread."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        self._receive = receive
+        self._buffer = memoryview(b"")
+        self._eof = False
+
+    def read(self, n: int) -> bytes:
+        if not self._buffer and not self._eof:
+            try:
+                self._buffer = memoryview(trio.from_thread.run(self._receive.receive))
+            except trio.EndOfChannel:
+                self._eof = True
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return bytes(out)
+
+
+async def index_shard(
+    client: HubClient, commit: str, shard: RepoFile, dest: Path, progress: Callable[[int], None] | None = None
+) -> ShardIndex:
+    """Stream a shard once and build, save and return its index."""
+    assert shard.lfs_sha256 is not None
+    send, receive = trio.open_memory_channel[bytes](8)
+
+    async def pump() -> None:
+        async with send:
+            async for chunk in client.stream_range(commit, shard.path, 0, shard.size):
+                await send.send(chunk)
+
+    reader = _ChannelReader(receive)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump)
+        try:
+            index = await trio.to_thread.run_sync(
+                lambda: build_shard_index(
+                    reader.read, shard_sha256=shard.lfs_sha256 or "", shard_size=shard.size, progress=progress
+                )
+            )
+        finally:
+            nursery.cancel_scope.cancel()
+    await trio.to_thread.run_sync(lambda: dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700))
+    await trio.to_thread.run_sync(index.save, dest)
+    return index
+
+
+def parse_annotation(
+    path: Path, repo_path: str, directory: str | None, report: IndexReport, data: CatalogData
+) -> None:
+    """Blocking: stream one annotation file into ``data.wanted`` and ``data.bad_records``."""
+    counts: Counter[tuple[str, str]] = Counter()
+    records = bad = 0
+    with open(path, "rb") as fh:
+        for rec in iter_video_records(fh, file_label=repo_path):
+            records += 1
+            if rec.path is None:
+                bad += 1
+                raw = repr(rec.raw_video)[:200]
+                data.bad_records.append((repo_path, rec.index, raw, rec.problem or "rejected"))
+                if bad <= MAX_RECORD_WARNINGS_PER_FILE:
+                    log.warning("%s record %d: skipped video %s: %s", repo_path, rec.index, raw, rec.problem)
+                continue
+            source = (
+                rec.data_source if isinstance(rec.data_source, str) and rec.data_source else (directory or "")
+            )
+            counts[(rec.path, source)] += 1
+    if bad > MAX_RECORD_WARNINGS_PER_FILE:
+        log.warning(
+            "%s: %d records skipped in all (first %d shown)", repo_path, bad, MAX_RECORD_WARNINGS_PER_FILE
+        )
+    data.wanted.extend(WantedRow(p, s, repo_path, n) for (p, s), n in counts.items())
+    data.annotations.append((repo_path, directory, records, bad))
+    report.records += records
+    report.bad_records += bad
+
+
+async def build_catalog(
+    config: Config, layout: CacheLayout, client: HubClient, *, jobs: int = 2, progress: bool = False
+) -> tuple[CatalogData, IndexReport]:
+    report = IndexReport()
+    commit = await client.resolve_commit(config.hub.revision)
+    report.commit = commit
+    files = await client.list_files(commit)
+    dirs = included_directories(files, config.hub.configs)
+    if config.hub.configs and not dirs:
+        raise ConfigError(
+            f"hub.configs {list(config.hub.configs)} match no directory of {config.hub.repo}", 2
+        )
+    data = CatalogData(
+        repo=config.hub.repo,
+        commit=commit,
+        indexed=True,
+        files=[HubFileRef(f.path, f.size, f.blob_id, f.lfs_sha256) for f in files],
+    )
+    annotations = [f for f in files if annotation_kind(f.path) and f.path.split("/", 1)[0] in dirs]
+    shards = sorted(
+        (f for f in files if is_shard(f.path) and f.path.split("/", 1)[0] in dirs), key=lambda f: f.path
+    )
+
+    for f in annotations:
+        local = layout.annotations / f"{f.content_id}.json"
+        if not local.exists():
+            await client.download_file(commit, f, local)
+        try:
+            await trio.to_thread.run_sync(
+                parse_annotation, local, f.path, video_directory(f.path), report, data
+            )
+        except AnnotationError as exc:
+            log.error("%s", exc)
+            report.errors.append(str(exc))
+        report.annotation_files += 1
+    report.wanted = len({w.path for w in data.wanted})
+
+    bar = _Progress(enabled=progress, total=sum(s.size for s in shards))
+    limiter = trio.CapacityLimiter(max(1, jobs))
+    indexes: dict[str, ShardIndex] = {}
+
+    async def one(shard: RepoFile) -> None:
+        if shard.lfs_sha256 is None:
+            report.errors.append(f"{shard.path}: not an LFS file; cannot key its index")
+            return
+        dest = index_path(layout.index, shard.lfs_sha256)
+        if dest.exists():
+            try:
+                indexes[shard.path] = await trio.to_thread.run_sync(
+                    lambda: ShardIndex.load(dest, expected_sha256=shard.lfs_sha256)
+                )
+                bar.advance(shard.size, done=True)
+                return
+            except IntegrityError as exc:
+                log.warning("%s: %s; rebuilding", dest, exc)
+        async with limiter:
+            try:
+                indexes[shard.path] = await index_shard(client, commit, shard, dest, progress=bar.callback())
+            except IntegrityError as exc:
+                log.error("%s: %s", shard.path, exc)
+                report.errors.append(f"{shard.path}: {exc}")
+                return
+            report.shards_built += 1
+            report.shard_bytes_read += shard.size
+            bar.shard_done()
+
+    with bar:
+        async with trio.open_nursery() as nursery:
+            for shard in shards:
+                nursery.start_soon(one, shard)
+
+    for shard in shards:
+        index = indexes.get(shard.path)
+        if index is None:
+            continue
+        assert shard.lfs_sha256 is not None
+        data.shards.append(
+            ShardInfo(
+                shard.path,
+                shard.lfs_sha256,
+                shard.size,
+                shard.path.split("/", 1)[0],
+                len(index.members),
+                index.index_size_bytes,
+            )
+        )
+        report.index_bytes += index.index_size_bytes
+        for m in index.members:
+            if m.path in data.members:
+                log.debug("%s also in %s; keeping %s", m.path, shard.path, data.members[m.path].shard_path)
+                continue
+            data.members[m.path] = MemberRef(shard.path, shard.lfs_sha256, m.path, m.offset, m.size, m.sha256)
+    report.shards = len(data.shards)
+    report.members = len(data.members)
+    return data, report
+
+
+class _Progress:
+    """A rich progress bar over compressed shard bytes (bytes, rate, ETA, shards done); a no-op when off."""
+
+    def __init__(self, *, enabled: bool, total: int) -> None:
+        self._enabled = enabled
+        self._total = total
+        self._progress = None
+        self._task = None
+        self._done = 0
+
+    def __enter__(self) -> _Progress:
+        if self._enabled:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("indexing shards"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[shards]}"),
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("index", total=self._total, shards="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def callback(self) -> Callable[[int], None]:
+        last = [0]
+
+        def update(consumed: int) -> None:
+            self.advance(consumed - last[0])
+            last[0] = consumed
+
+        return update
+
+    def advance(self, n: int, *, done: bool = False) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, advance=n)
+        if done:
+            self.shard_done()
+
+    def shard_done(self) -> None:
+        self._done += 1
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, shards=f"{self._done} shards done")
+
+
+async def index_async(config: Config, *, jobs: int, progress: bool) -> IndexReport:
+    from vfs.daemon import hub_call, open_client, resolve_token
+
+    if config.hub.offline:
+        raise ConfigError("index needs the Hub, but offline mode is on (HF_HUB_OFFLINE or hub.offline)", 4)
+    layout = CacheLayout(config.cache.dir)
+    await trio.to_thread.run_sync(layout.create)
+    token = await resolve_token(config)
+    async with open_client(config, token) as client:
+        data, report = await hub_call(
+            build_catalog(config, layout, client, jobs=jobs, progress=progress), config
+        )
+    catalogs = CatalogDir(layout.catalog, config.hub.repo)
+    await trio.to_thread.run_sync(catalogs.write, data)
+    await trio.to_thread.run_sync(catalogs.pin, config.hub.revision, data.commit)
+    return report
+
+
+def run_index(config: Config, *, jobs: int = 2, progress: bool = True) -> int:
+    report = trio.run(lambda: index_async(config, jobs=jobs, progress=progress))
+    print(
+        f"indexed {config.hub.repo}@{report.commit[:12]}: {report.annotation_files} annotation files, "
+        f"{report.records} records ({report.bad_records} skipped), {report.wanted} wanted videos; "
+        f"{report.shards} shards ({report.shards_built} built now, {report.shard_bytes_read} bytes read), "
+        f"{report.members} videos packed, index {report.index_bytes} bytes"
+    )
+    for err in report.errors:
+        print(f"error: {err}")
+    return 1 if report.errors else 0

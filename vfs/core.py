@@ -1,0 +1,154 @@
+"""The filesystem logic, testable without the kernel.
+
+``FsCore`` answers lookup, getattr, readdir, open, read, release and extended attributes over an
+immutable ``Namespace`` and the ``Sources`` that serve bytes. It returns domain objects (``Node``,
+``bytes``) and raises ``vfs.errors`` types; the pyfuse3 adapter (``vfs.fuse_ops``) converts both and is
+the one error boundary.
+
+Invariants:
+- Read-only: any open for writing is ``ReadOnly`` (EROFS); the adapter answers every mutating call so.
+- Sizes are exact before any download (they come from the catalog), and reads never go past them.
+- Open handles live in ``_handles`` (trio thread only, never mutated across an await).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import trio
+
+from vfs.errors import IsADirectory, NoAttribute, NotFound, ReadOnly
+from vfs.namespace import Namespace, Node
+from vfs.sources.base import Handle
+from vfs.sources.opener import Sources
+from vfs.sources.refs import HubFileRef, MemberRef, UpstreamRef, VirtualRef
+
+log = logging.getLogger(__name__)
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+XATTR_SOURCE = "user.vfs.source"
+XATTR_CACHED = "user.vfs.cached"
+
+
+@dataclass
+class CoreStats:
+    lookups: int = 0
+    misses: int = 0
+    opens: int = 0
+    reads: int = 0
+    bytes_served: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+MissListener = Callable[[str], None]
+
+
+def describe_source(ref: object) -> str:
+    """What ``user.vfs.source`` says: where the bytes come from."""
+    if isinstance(ref, MemberRef):
+        return f"shard:{ref.shard_path}#{ref.member_path}@{ref.offset}"
+    if isinstance(ref, HubFileRef):
+        return f"hub:{ref.path}"
+    if isinstance(ref, UpstreamRef):
+        return f"upstream:{ref.dataset}:{ref.real_path}"
+    if isinstance(ref, VirtualRef):
+        return "virtual"
+    return "unknown"
+
+
+class FsCore:
+    def __init__(
+        self, namespace: Namespace, sources: Sources, *, on_miss: MissListener | None = None
+    ) -> None:
+        self.ns = namespace
+        self.sources = sources
+        self.stats = CoreStats()
+        self._on_miss = on_miss
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = 1
+
+    # -- metadata -----------------------------------------------------------------------------------
+    def node(self, ino: int) -> Node:
+        node = self.ns.get(ino)
+        if node is None:
+            raise NotFound(f"no inode {ino}")
+        return node
+
+    def lookup(self, parent_ino: int, name: str) -> Node:
+        self.stats.lookups += 1
+        parent = self.node(parent_ino)
+        child = self.ns.child(parent, name)
+        if child is None:
+            self.stats.misses += 1
+            if self._on_miss is not None:
+                parent_path = self.ns.path_of(parent)
+                self._on_miss(f"{parent_path}/{name}" if parent_path else name)
+            raise NotFound(name)
+        return child
+
+    def readdir(self, ino: int, start: int) -> Iterator[tuple[str, Node, int]]:
+        """Entries from offset ``start``; each with the offset of the next one (stable sorted order)."""
+        node = self.node(ino)
+        names = self.ns.sorted_names(node)
+        for pos in range(start, len(names)):
+            child = self.ns.child(node, names[pos])
+            assert child is not None
+            yield names[pos], child, pos + 1
+
+    # -- data ---------------------------------------------------------------------------------------
+    async def open(self, ino: int, flags: int) -> tuple[int, Handle]:
+        node = self.node(ino)
+        if flags & WRITE_FLAGS:
+            raise ReadOnly(self.ns.path_of(node))
+        if node.is_dir:
+            raise IsADirectory(self.ns.path_of(node))
+        handle = await self.sources.open(node.ref)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        self.stats.opens += 1
+        return fh, handle
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise NotFound(f"no open file handle {fh}")
+        data = await handle.read(offset, size)
+        self.stats.reads += 1
+        self.stats.bytes_served += len(data)
+        return data
+
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is not None:
+            await handle.close()
+
+    @property
+    def open_handles(self) -> int:
+        return len(self._handles)
+
+    # -- extended attributes ------------------------------------------------------------------------
+    def listxattr(self, ino: int) -> list[str]:
+        node = self.node(ino)
+        return [] if node.is_dir else [XATTR_SOURCE, XATTR_CACHED]
+
+    async def getxattr(self, ino: int, name: str) -> bytes:
+        node = self.node(ino)
+        if node.is_dir:
+            raise NoAttribute(name)
+        if name == XATTR_SOURCE:
+            return describe_source(node.ref).encode()
+        if name == XATTR_CACHED:
+            cached = await trio.to_thread.run_sync(
+                self.sources.is_cached, node.ref, limiter=self.sources.disk_limiter
+            )
+            return b"1" if cached else b"0"
+        raise NoAttribute(name)
+
+    def record_error(self, errno: int) -> None:
+        self.stats.errors[_errno.errorcode.get(errno, str(errno))] += 1

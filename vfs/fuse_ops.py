@@ -1,0 +1,203 @@
+"""The thin pyfuse3 adapter: converts between the kernel's view and ``FsCore``, and is the one error boundary.
+
+Every handler goes through ``_boundary``: an expected ``VfsError`` becomes its errno (logged at the
+error's own level), any other exception is logged once with its traceback and becomes EIO, so no
+exception ever reaches pyfuse3 (which would tear the whole mount down). Cancellation passes through.
+
+Kernel caching: immutable content, so files are opened with ``keep_cache`` and entries and attributes
+carry long timeouts; a lookup miss returns a *negative entry* (inode 0 with an entry timeout) so the
+kernel answers repeated misses itself instead of asking the daemon every time.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from vfs.core import FsCore
+from vfs.errors import VfsError
+from vfs.namespace import Node
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _boundary(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(self: Operations, *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError as exc:
+            self.core.record_error(exc.errno)
+            raise
+        except VfsError as exc:
+            self.core.record_error(exc.errno)
+            log.log(exc.log_level, "%s: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except Exception:
+            self.core.record_error(errno.EIO)
+            log.exception("unexpected error in %s%r; answering EIO", fn.__name__, args[:2])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _read_only(name: str) -> Callable[..., Awaitable[Any]]:
+    async def refuse(self: Operations, *args: Any) -> Any:
+        self.core.record_error(errno.EROFS)
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    refuse.__name__ = name
+    return refuse
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        core: FsCore,
+        *,
+        entry_timeout_s: float = 300.0,
+        attr_timeout_s: float = 300.0,
+        negative_timeout_s: float = 60.0,
+        mtime_ns: int = 0,
+    ) -> None:
+        super().__init__()
+        self.core = core
+        self._entry_timeout = entry_timeout_s
+        self._attr_timeout = attr_timeout_s
+        self._negative_timeout = negative_timeout_s
+        self._mtime_ns = mtime_ns
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+
+    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.ino
+        if node.is_dir:
+            attr.st_mode = stat.S_IFDIR | 0o555
+            attr.st_nlink = 2
+        else:
+            attr.st_mode = stat.S_IFREG | 0o444
+            attr.st_nlink = 1
+        attr.st_size = node.size
+        attr.st_blksize = 1 << 20
+        attr.st_blocks = (node.size + 511) // 512
+        attr.st_uid = self._uid
+        attr.st_gid = self._gid
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self._mtime_ns
+        attr.entry_timeout = self._entry_timeout
+        attr.attr_timeout = self._attr_timeout
+        return attr
+
+    @_boundary
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            return self._attr(self.core.node(parent_inode))
+        if name == b"..":
+            return self._attr(self.core.node(self.core.node(parent_inode).parent))
+        try:
+            node = self.core.lookup(parent_inode, os.fsdecode(name))
+        except VfsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = self._negative_timeout
+            return negative
+        return self._attr(node)
+
+    @_boundary
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._attr(self.core.node(inode))
+
+    @_boundary
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        node = self.core.node(inode)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @_boundary
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        for name, node, next_id in self.core.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr(node), next_id):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    @_boundary
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        fh, handle = await self.core.open(inode, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)
+
+    @_boundary
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.core.read(fh, off, size)
+
+    @_boundary
+    async def release(self, fh: int) -> None:
+        await self.core.release(fh)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def forget(self, inode_list: Any) -> None:
+        return None  # inodes are immutable for the life of the mount
+
+    @_boundary
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        self.core.node(inode)
+        return not (mode & os.W_OK)
+
+    @_boundary
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        return await self.core.getxattr(inode, os.fsdecode(name))
+
+    @_boundary
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return [n.encode() for n in self.core.listxattr(inode)]
+
+    @_boundary
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        st = pyfuse3.StatvfsData()
+        total = (
+            sum(node.size for _, node in self.core.ns.walk_files())
+            if self._statfs_total is None
+            else self._statfs_total
+        )
+        self._statfs_total = total
+        st.f_bsize = st.f_frsize = 4096
+        st.f_blocks = (total + 4095) // 4096
+        st.f_bfree = st.f_bavail = 0
+        st.f_files = len(self.core.ns)
+        st.f_ffree = st.f_favail = 0
+        st.f_namemax = 255
+        return st
+
+    _statfs_total: int | None = None
+
+    setattr = _read_only("setattr")
+    mknod = _read_only("mknod")
+    mkdir = _read_only("mkdir")
+    unlink = _read_only("unlink")
+    rmdir = _read_only("rmdir")
+    symlink = _read_only("symlink")
+    rename = _read_only("rename")
+    link = _read_only("link")
+    write = _read_only("write")
+    create = _read_only("create")
+    setxattr = _read_only("setxattr")
+    removexattr = _read_only("removexattr")

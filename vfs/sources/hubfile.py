@@ -1,0 +1,95 @@
+"""Hub files (annotation JSONs, README, anything not in a shard): lazy, block-cached ranged reads.
+
+A file is cut into blocks of ``block_size`` bytes. A block is fetched with one ranged GET, checked for
+its exact length, published to the cache under ``blk/<content id>/<block size>/<index>`` (the content id
+is the LFS sha256 or the git blob id, so a changed file never reuses an old block), and served from
+there. A file that fits in one block is also checked against the checksum the listing promised (sha256
+for LFS files, git blob sha1 for regular ones). Concurrent readers of one block share one fetch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import TYPE_CHECKING
+
+import trio
+
+from vfs.errors import IntegrityError
+from vfs.sources.refs import HubFileRef
+
+if TYPE_CHECKING:
+    from vfs.sources.opener import Sources
+
+log = logging.getLogger(__name__)
+
+
+def block_key(ref: HubFileRef, block_size: int, index: int) -> str:
+    return f"blk/{ref.content_id}/{block_size}/{index}"
+
+
+def check_whole_file(ref: HubFileRef, data: bytes) -> None:
+    """Verify a complete file against the checksum of the listing."""
+    if ref.lfs_sha256 is not None:
+        ok = hashlib.sha256(data).hexdigest() == ref.lfs_sha256
+    else:
+        ok = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == ref.blob_id
+    if not ok:
+        raise IntegrityError(f"{ref.path}: checksum does not match the Hub listing")
+
+
+class HubFileHandle:
+    keep_cache = True
+    direct_io = False
+
+    def __init__(self, sources: Sources, ref: HubFileRef) -> None:
+        self._sources = sources
+        self._ref = ref
+
+    async def read(self, offset: int, size: int) -> bytes:
+        ref, bs = self._ref, self._sources.block_size
+        end = min(offset + size, ref.size)
+        if offset >= end:
+            return b""
+        parts = []
+        for index in range(offset // bs, (end - 1) // bs + 1):
+            block = await self._sources.hub_block(ref, index)
+            lo = max(offset - index * bs, 0)
+            hi = min(end - index * bs, len(block))
+            parts.append(block[lo:hi])
+        return b"".join(parts)
+
+    async def close(self) -> None:
+        return None
+
+
+async def fetch_block(sources: Sources, ref: HubFileRef, index: int) -> bytes:
+    """Fetch one block from the Hub, verify it, publish it to the cache, return its bytes."""
+    bs = sources.block_size
+    start = index * bs
+    end = min(start + bs, ref.size)
+    client = sources.require_client(ref.path)
+    data = await client.read_range(sources.commit, ref.path, start, end)
+    if len(data) != end - start:
+        raise IntegrityError(f"{ref.path}: block {index} came back with {len(data)} bytes, not {end - start}")
+    if start == 0 and end == ref.size:
+        await trio.to_thread.run_sync(check_whole_file, ref, data, limiter=sources.cpu_limiter)
+    key = block_key(ref, bs, index)
+    await trio.to_thread.run_sync(sources.cache.publish, key, data, limiter=sources.disk_limiter)
+    log.debug("fetched %s block %d (%d bytes)", ref.path, index, len(data))
+    return data
+
+
+def read_cached_block(sources: Sources, ref: HubFileRef, index: int) -> bytes | None:
+    """Blocking: the block from the cache, or None. Runs in a worker thread."""
+    bs = sources.block_size
+    length = min(bs, ref.size - index * bs)
+    fd = sources.cache.lookup(block_key(ref, bs, index), size=length)
+    if fd is None:
+        return None
+    try:
+        data = os.pread(fd, length, 0)
+    finally:
+        os.close(fd)
+    return data if len(data) == length else None

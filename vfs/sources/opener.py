@@ -1,0 +1,143 @@
+"""``Sources``: turns a ref into an open ``Handle``; owns the fetch machinery the sources share.
+
+Concurrency: blocking work runs in threads behind named limiters -- ``disk_limiter`` for cache file I/O,
+``cpu_limiter`` for inflating and hashing -- so a stalled network (whose concurrency the Hub client
+limits on its own) never takes the slots that cache hits need. Fetches are single-flight per cache key
+and run in the daemon's service nursery.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+from cachetools import LRUCache
+
+from vfs.catalog.shard_index import ShardIndex
+from vfs.errors import FetchError, NotFound
+from vfs.sources.base import BytesHandle, FdHandle, Handle
+from vfs.sources.hubfile import HubFileHandle, fetch_block, read_cached_block
+from vfs.sources.member import fetch_member
+from vfs.sources.refs import HubFileRef, MemberRef, UpstreamRef, VirtualRef
+from vfs.sources.singleflight import SingleFlight
+
+if TYPE_CHECKING:
+    from vfs.cache.store import CacheStore
+    from vfs.hub.client import HubClient
+
+log = logging.getLogger(__name__)
+
+
+def index_path(index_dir: Path, shard_sha256: str) -> Path:
+    return index_dir / shard_sha256[:2] / f"{shard_sha256}.idx"
+
+
+class Sources:
+    def __init__(
+        self,
+        *,
+        commit: str,
+        cache: CacheStore,
+        index_dir: Path,
+        block_size: int,
+        nursery: trio.Nursery,
+        client: HubClient | None,
+        disk_threads: int = 16,
+        cpu_threads: int = 2,
+        index_cache_entries: int = 64,
+    ) -> None:
+        self.commit = commit
+        self.cache = cache
+        self.index_dir = index_dir
+        self.block_size = block_size
+        self.client = client
+        self.disk_limiter = trio.CapacityLimiter(disk_threads)
+        self.cpu_limiter = trio.CapacityLimiter(cpu_threads)
+        self._flights: SingleFlight[object] = SingleFlight(nursery)
+        self._indexes: LRUCache[str, ShardIndex] = LRUCache(maxsize=index_cache_entries)
+
+    @property
+    def fetches_in_flight(self) -> int:
+        return self._flights.in_flight
+
+    def require_client(self, what: str) -> HubClient:
+        if self.client is None:
+            raise FetchError(f"{what}: not in the cache and the Hub is offline")
+        return self.client
+
+    async def open(self, ref: object) -> Handle:
+        if isinstance(ref, MemberRef):
+            fd = await self.member_fd(ref)
+            return FdHandle(fd, ref.size, self.disk_limiter)
+        if isinstance(ref, HubFileRef):
+            return HubFileHandle(self, ref)
+        if isinstance(ref, VirtualRef):
+            data = ref.render()
+            return BytesHandle(data, keep_cache=not ref.dynamic, direct_io=ref.dynamic)
+        if isinstance(ref, UpstreamRef):
+            try:
+                fd = await trio.to_thread.run_sync(
+                    os.open, ref.real_path, os.O_RDONLY | os.O_CLOEXEC, limiter=self.disk_limiter
+                )
+            except FileNotFoundError as exc:
+                raise NotFound(f"{ref.real_path} vanished from the {ref.dataset} root") from exc
+            return FdHandle(fd, ref.size, self.disk_limiter)
+        raise TypeError(f"unknown ref {ref!r}")
+
+    def is_cached(self, ref: object) -> bool:
+        """Blocking (a stat): whether opening the file would need no download."""
+        if isinstance(ref, MemberRef):
+            return self.cache.contains(ref.cache_key)
+        if isinstance(ref, HubFileRef):
+            from vfs.sources.hubfile import block_key
+
+            blocks = max(1, -(-ref.size // self.block_size))
+            return all(self.cache.contains(block_key(ref, self.block_size, i)) for i in range(blocks))
+        return True
+
+    async def hub_block(self, ref: HubFileRef, index: int) -> bytes:
+        data = await trio.to_thread.run_sync(read_cached_block, self, ref, index, limiter=self.disk_limiter)
+        if data is not None:
+            return data
+        key = ("blk", ref.content_id, self.block_size, index)
+        result = await self._flights.run(key, lambda: fetch_block(self, ref, index))
+        assert isinstance(result, bytes)
+        return result
+
+    async def member_fd(self, ref: MemberRef) -> int:
+        """An fd on the verified cached member, fetching it first if needed (single-flight)."""
+        fd = await self._lookup_member(ref)
+        if fd is not None:
+            return fd
+        await self._flights.run(ref.cache_key, lambda: self._fetch_member(ref))
+        fd = await self._lookup_member(ref)
+        if fd is None:
+            raise FetchError(f"{ref.member_path}: fetched but not in the cache (is the cache too small?)")
+        return fd
+
+    async def _lookup_member(self, ref: MemberRef) -> int | None:
+        return await trio.to_thread.run_sync(
+            lambda: self.cache.lookup(ref.cache_key, size=ref.size, sha256=ref.sha256),
+            limiter=self.disk_limiter,
+        )
+
+    async def _fetch_member(self, ref: MemberRef) -> None:
+        index = await self.shard_index(ref.shard_sha256, ref.shard_path)
+        await fetch_member(self, ref, index)
+
+    async def shard_index(self, shard_sha256: str, shard_path: str) -> ShardIndex:
+        index = self._indexes.get(shard_sha256)
+        if index is not None:
+            return index
+        path = index_path(self.index_dir, shard_sha256)
+
+        def load() -> ShardIndex:
+            return ShardIndex.load(path, expected_sha256=shard_sha256)
+
+        result = await self._flights.run(("idx", shard_sha256), lambda: trio.to_thread.run_sync(load))
+        assert isinstance(result, ShardIndex)
+        self._indexes[shard_sha256] = result
+        return result

@@ -1,0 +1,56 @@
+"""Refs: the small immutable records a namespace node keeps to say where its bytes come from.
+
+They are data only (no behaviour), persisted in the catalog and cheap to hold 180K of in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class HubFileRef:
+    """A file of the repo at the pinned commit, read lazily block by block."""
+
+    path: str
+    size: int
+    blob_id: str
+    lfs_sha256: str | None
+
+    @property
+    def content_id(self) -> str:
+        return self.lfs_sha256 or self.blob_id
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRef:
+    """A member of a ``.tar.gz`` shard, fetched whole on first open and served from the cache."""
+
+    shard_path: str
+    shard_sha256: str
+    member_path: str
+    offset: int
+    size: int
+    sha256: str
+
+    @property
+    def cache_key(self) -> str:
+        return f"mem/{self.shard_sha256}/{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRef:
+    """A file under a configured upstream root (already resolved and checked to stay inside it)."""
+
+    dataset: str
+    real_path: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualRef:
+    """A ``.vfs/`` file rendered in memory; ``dynamic`` ones are re-rendered at every open."""
+
+    render: Callable[[], bytes]
+    dynamic: bool = False

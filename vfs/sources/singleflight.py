@@ -1,0 +1,61 @@
+"""Single-flight: at most one computation in flight per key, shared by every caller that asks for it.
+
+64 readers opening the same cold video must cause exactly one download. The work runs in a service
+nursery owned by the daemon, not in the first caller's task, so a caller that is interrupted (the
+kernel cancels a read) stops waiting without cancelling the fetch the other callers share.
+
+Invariant: ``_flights`` is only touched on the trio thread and never across an ``await``, so a key is
+registered and removed atomically with respect to other tasks. A failure is handed to every waiter and
+not remembered: the next caller starts a fresh attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+
+class _Flight(Generic[T]):
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+class SingleFlight(Generic[T]):
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self._flights: dict[Hashable, _Flight[T]] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flights)
+
+    async def run(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = _Flight()
+            self._flights[key] = flight
+            self._nursery.start_soon(self._work, key, flight, work)
+        await flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        return flight.result  # type: ignore[return-value]
+
+    async def _work(self, key: Hashable, flight: _Flight[T], work: Callable[[], Awaitable[T]]) -> None:
+        try:
+            flight.result = await work()
+        except trio.Cancelled:
+            flight.error = trio.ClosedResourceError("the filesystem is shutting down")
+            raise
+        except Exception as exc:  # handed to every waiter; the error boundary logs it once per reader
+            flight.error = exc
+        finally:
+            del self._flights[key]
+            flight.done.set()
