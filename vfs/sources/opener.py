@@ -135,7 +135,10 @@ class Sources:
         path = index_path(self.index_dir, shard_sha256)
 
         def load() -> ShardIndex:
-            return ShardIndex.load(path, expected_sha256=shard_sha256)
+            try:
+                return ShardIndex.load(path, expected_sha256=shard_sha256)
+            except FileNotFoundError:
+                raise FetchError(f"{shard_path}: no shard index at {path}; run `llava-vfs index`") from None
 
         result = await self._flights.run(("idx", shard_sha256), lambda: trio.to_thread.run_sync(load))
         assert isinstance(result, ShardIndex)
