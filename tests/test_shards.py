@@ -154,3 +154,18 @@ def repack(src: Path, dst: Path, replace: dict[str, bytes]) -> None:
                 data = replace[name]
                 info.size = len(data)
             tout.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+def test_shards_stored_without_lfs_are_indexed_by_blob_id(tmp_path) -> None:
+    """A mirror without LFS rules serves small shards as regular git files: they still work."""
+    spec = DemoSpec(videos_per_dir=3, shards_per_dir=1, directories=("0_30_s_youtube_v0_1",))
+    manifest = build_demo_dataset(tmp_path / "repo", spec=spec)
+    (manifest.root / ".gitattributes").unlink()
+    with HubEmulator(repo_id=REPO_ID) as emu:
+        emu.commit(manifest.root)
+        cfg = write_config(tmp_path / "c.toml", endpoint=emu.endpoint, repo=REPO_ID, cache_dir=tmp_path / "cache")
+        out = index(cfg)
+        assert f"{len(manifest.videos)} videos packed" in out
+        with Mount(cfg, tmp_path / "mnt", allow_log=SKIPPED) as m:
+            for rel, video in manifest.videos.items():
+                assert hashlib.sha256((m.mountpoint / rel).read_bytes()).hexdigest() == video.sha256

@@ -16,6 +16,7 @@ The network stays on the trio thread (async client); inflating, hashing and pars
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import trio
 
 from vfs.catalog.annotations import AnnotationError, annotation_kind, iter_video_records, video_directory
 from vfs.catalog.catalog import CatalogData, CatalogDir, ShardInfo, WantedRow
-from vfs.catalog.shard_index import ShardIndex, build_shard_index
+from vfs.catalog.shard_index import CorruptShard, ShardIndex, build_shard_index
 from vfs.config import Config
 from vfs.errors import ConfigError, IntegrityError
 from vfs.hub.client import HubClient, RepoFile
@@ -86,8 +87,11 @@ class _ChannelReader:
 async def index_shard(
     client: HubClient, commit: str, shard: RepoFile, dest: Path, progress: Callable[[int], None] | None = None
 ) -> ShardIndex:
-    """Stream a shard once and build, save and return its index."""
-    assert shard.lfs_sha256 is not None
+    """Stream a shard once and build, save and return its index.
+
+    LFS shards are verified against their sha256 by the builder; a shard stored as a regular git file
+    (a small one, in a mirror without LFS rules) is verified against its git blob id instead.
+    """
     send, receive = trio.open_memory_channel[bytes](8)
 
     async def pump() -> None:
@@ -96,12 +100,14 @@ async def index_shard(
                 await send.send(chunk)
 
     reader = _ChannelReader(receive)
+    read = reader.read if shard.lfs_sha256 else _BlobCheckingReader(reader.read, shard).read
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump)
         try:
             index = await trio.to_thread.run_sync(
                 lambda: build_shard_index(
-                    reader.read, shard_sha256=shard.lfs_sha256 or "", shard_size=shard.size, progress=progress
+                    read, shard_sha256=shard.lfs_sha256, shard_size=shard.size, progress=progress,
+                    shard_name=shard.path,
                 )
             )
         finally:
@@ -109,6 +115,23 @@ async def index_shard(
     await trio.to_thread.run_sync(lambda: dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700))
     await trio.to_thread.run_sync(index.save, dest)
     return index
+
+
+class _BlobCheckingReader:
+    """Wraps a blocking ``read`` and checks the git blob sha1 of everything read at EOF."""
+
+    def __init__(self, read: Callable[[int], bytes], shard: RepoFile) -> None:
+        self._read = read
+        self._shard = shard
+        self._sha1 = hashlib.sha1(b"blob %d\0" % shard.size)
+
+    def read(self, n: int) -> bytes:
+        data = self._read(n)
+        if data:
+            self._sha1.update(data)
+        elif self._sha1.hexdigest() != self._shard.blob_id:
+            raise CorruptShard(f"{self._shard.path}: bytes do not match the git blob id of the listing")
+        return data
 
 
 def parse_annotation(
@@ -183,10 +206,7 @@ async def build_catalog(
     indexes: dict[str, ShardIndex] = {}
 
     async def one(shard: RepoFile) -> None:
-        if shard.lfs_sha256 is None:
-            report.errors.append(f"{shard.path}: not an LFS file; cannot key its index")
-            return
-        dest = index_path(layout.index, shard.lfs_sha256)
+        dest = index_path(layout.index, shard.content_id)
         if dest.exists():
             try:
                 indexes[shard.path] = await trio.to_thread.run_sync(
@@ -216,11 +236,10 @@ async def build_catalog(
         index = indexes.get(shard.path)
         if index is None:
             continue
-        assert shard.lfs_sha256 is not None
         data.shards.append(
             ShardInfo(
                 shard.path,
-                shard.lfs_sha256,
+                shard.content_id,
                 shard.size,
                 shard.path.split("/", 1)[0],
                 len(index.members),
@@ -232,7 +251,7 @@ async def build_catalog(
             if m.path in data.members:
                 log.debug("%s also in %s; keeping %s", m.path, shard.path, data.members[m.path].shard_path)
                 continue
-            data.members[m.path] = MemberRef(shard.path, shard.lfs_sha256, m.path, m.offset, m.size, m.sha256)
+            data.members[m.path] = MemberRef(shard.path, shard.content_id, m.path, m.offset, m.size, m.sha256)
     report.shards = len(data.shards)
     report.members = len(data.members)
     return data, report

@@ -136,7 +136,9 @@ class Sources:
 
         def load() -> ShardIndex:
             try:
-                return ShardIndex.load(path, expected_sha256=shard_sha256)
+                # the key is the LFS sha256, or the git blob id of a shard stored without LFS
+                expected = shard_sha256 if len(shard_sha256) == 64 else None
+                return ShardIndex.load(path, expected_sha256=expected)
             except FileNotFoundError:
                 raise FetchError(f"{shard_path}: no shard index at {path}; run `llava-vfs index`") from None
 
