@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -25,8 +27,11 @@ from vfs.view import build_view
 
 
 async def _index(tmp_path: Path, hub, **kw):
-    cfg = load_config(write_config(tmp_path / "c.toml", endpoint=hub.endpoint, repo=REPO_ID,
-                                   cache_dir=tmp_path / "cache", **kw))
+    cfg = load_config(
+        write_config(
+            tmp_path / "c.toml", endpoint=hub.endpoint, repo=REPO_ID, cache_dir=tmp_path / "cache", **kw
+        )
+    )
     layout = CacheLayout(cfg.cache.dir)
     layout.create()
     async with HubClient(endpoint=cfg.hub.endpoint, repo_id=REPO_ID, token=None) as client:
@@ -35,11 +40,28 @@ async def _index(tmp_path: Path, hub, **kw):
     return cfg, layout, data, report
 
 
+@asynccontextmanager
+async def harness(cfg, layout, data, hub) -> AsyncIterator[Harness]:
+    """A FsCore over the real client, cache and indexes; its service nursery is cancelled on exit."""
+    async with (
+        HubClient(endpoint=hub.endpoint, repo_id=REPO_ID, token=None) as client,
+        trio.open_nursery() as n,
+    ):
+        yield Harness(cfg, layout, data, n, client)
+        n.cancel_scope.cancel()
+
+
 class Harness:
     def __init__(self, cfg, layout, data, nursery, client) -> None:
         self.cache = CacheStore(layout.data, max_size_bytes=cfg.cache.max_size_bytes)
-        self.sources = Sources(commit=data.commit, cache=self.cache, index_dir=layout.index,
-                               block_size=cfg.cache.block_size_bytes, nursery=nursery, client=client)
+        self.sources = Sources(
+            commit=data.commit,
+            cache=self.cache,
+            index_dir=layout.index,
+            block_size=cfg.cache.block_size_bytes,
+            nursery=nursery,
+            client=client,
+        )
         self.core = FsCore(build_view(data, views=("merged", "repo")), self.sources)
 
     async def read_all(self, path: str, chunk: int = 1 << 17) -> bytes:
@@ -62,15 +84,12 @@ async def test_every_packed_video_reads_byte_exact(tmp_path, hub, demo) -> None:
     cfg, layout, data, report = await _index(tmp_path, hub)
     assert report.members == len(demo.videos)
     assert set(data.members) == set(demo.videos)
-    async with HubClient(endpoint=hub.endpoint, repo_id=REPO_ID, token=None) as client:
-        async with trio.open_nursery() as nursery:
-            h = Harness(cfg, layout, data, nursery, client)
-            for path, video in sorted(demo.videos.items()):
-                node = h.core.ns.resolve(path)
-                assert node is not None and node.size == video.size  # exact before any download
-                body = await h.read_all(path)
-                assert hashlib.sha256(body).hexdigest() == video.sha256, path
-            nursery.cancel_scope.cancel()
+    async with harness(cfg, layout, data, hub) as h:
+        for path, video in sorted(demo.videos.items()):
+            node = h.core.ns.resolve(path)
+            assert node is not None and node.size == video.size  # exact before any download
+            body = await h.read_all(path)
+            assert hashlib.sha256(body).hexdigest() == video.sha256, path
 
 
 @pytest.mark.allow_log(r"skipped video", r"records skipped")
@@ -79,17 +98,14 @@ async def test_concurrent_opens_share_one_fetch(tmp_path, hub, demo) -> None:
     path, video = max(demo.videos.items(), key=lambda kv: kv[1].size)
     hub.reset_log()
     results: list[bytes] = []
-    async with HubClient(endpoint=hub.endpoint, repo_id=REPO_ID, token=None) as client:
-        async with trio.open_nursery() as nursery:
-            h = Harness(cfg, layout, data, nursery, client)
+    async with harness(cfg, layout, data, hub) as h:
 
-            async def reader() -> None:
-                results.append(await h.read_all(path))
+        async def reader() -> None:
+            results.append(await h.read_all(path))
 
-            async with trio.open_nursery() as readers:
-                for _ in range(32):
-                    readers.start_soon(reader)
-            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as readers:
+            for _ in range(32):
+                readers.start_soon(reader)
     assert len(results) == 32 and all(hashlib.sha256(r).hexdigest() == video.sha256 for r in results)
     shard = data.members[path].shard_path
     assert hub.request_count(origin="cdn", file=shard, method="GET") == 1
@@ -101,25 +117,22 @@ async def test_concurrent_opens_share_one_fetch(tmp_path, hub, demo) -> None:
 async def test_hub_file_block_reads_and_read_only(tmp_path, hub, demo) -> None:
     cfg, layout, data, _ = await _index(tmp_path, hub, block_size="64KiB")
     big = max(data.files, key=lambda f: f.size)
-    async with HubClient(endpoint=hub.endpoint, repo_id=REPO_ID, token=None) as client:
-        async with trio.open_nursery() as nursery:
-            h = Harness(cfg, layout, data, nursery, client)
-            node = h.core.ns.resolve(big.path)
-            assert node is not None
-            with pytest.raises(ReadOnly):
-                await h.core.open(node.ino, os.O_RDWR)
-            hub.reset_log()
-            fh, _ = await h.core.open(node.ino, os.O_RDONLY)
-            offset = min(3 * 65536, big.size - 4096)
-            data4k = await h.core.read(fh, offset, 4096)
-            assert data4k == (demo.root / big.path).read_bytes()[offset : offset + 4096]
-            assert hub.bytes_sent(file=big.path) <= 2 * 65536
-            before = hub.bytes_sent()
-            assert await h.core.read(fh, offset, 4096) == data4k
-            assert hub.bytes_sent() == before
-            await h.core.release(fh)
-            assert await h.core.getxattr(node.ino, "user.vfs.source") == f"hub:{big.path}".encode()
-            with pytest.raises(VfsError) as info:
-                await h.core.getxattr(node.ino, "user.nope")
-            assert info.value.errno == errno.ENODATA
-            nursery.cancel_scope.cancel()
+    async with harness(cfg, layout, data, hub) as h:
+        node = h.core.ns.resolve(big.path)
+        assert node is not None
+        with pytest.raises(ReadOnly):
+            await h.core.open(node.ino, os.O_RDWR)
+        hub.reset_log()
+        fh, _ = await h.core.open(node.ino, os.O_RDONLY)
+        offset = min(3 * 65536, big.size - 4096)
+        data4k = await h.core.read(fh, offset, 4096)
+        assert data4k == (demo.root / big.path).read_bytes()[offset : offset + 4096]
+        assert hub.bytes_sent(file=big.path) <= 2 * 65536
+        before = hub.bytes_sent()
+        assert await h.core.read(fh, offset, 4096) == data4k
+        assert hub.bytes_sent() == before
+        await h.core.release(fh)
+        assert await h.core.getxattr(node.ino, "user.vfs.source") == f"hub:{big.path}".encode()
+        with pytest.raises(VfsError) as info:
+            await h.core.getxattr(node.ino, "user.nope")
+        assert info.value.errno == errno.ENODATA

@@ -89,12 +89,18 @@ def test_index_is_idempotent_and_survives_restart(tmp_path, hub, demo) -> None:
 
 def test_cold_read_of_realistic_videos_fetches_about_their_size(tmp_path) -> None:
     """Videos of about 0.7-1.5 MB: one cold read from the middle of each shard costs <= 1.25x its bytes."""
-    spec = DemoSpec(videos_per_dir=6, shards_per_dir=2, extra_padding_bytes=1_400_000,
-                    directories=("0_30_s_academic_v0_1", "0_30_s_youtube_v0_1"))
+    spec = DemoSpec(
+        videos_per_dir=6,
+        shards_per_dir=2,
+        extra_padding_bytes=1_400_000,
+        directories=("0_30_s_academic_v0_1", "0_30_s_youtube_v0_1"),
+    )
     manifest = build_demo_dataset(tmp_path / "repo", spec=spec)
     with HubEmulator(repo_id=REPO_ID) as emu:
         emu.commit(manifest.root)
-        cfg = write_config(tmp_path / "c.toml", endpoint=emu.endpoint, repo=REPO_ID, cache_dir=tmp_path / "cache")
+        cfg = write_config(
+            tmp_path / "c.toml", endpoint=emu.endpoint, repo=REPO_ID, cache_dir=tmp_path / "cache"
+        )
         index(cfg)
         with Mount(cfg, tmp_path / "mnt", allow_log=SKIPPED) as m:
             emu.reset_log()
@@ -104,13 +110,18 @@ def test_cold_read_of_realistic_videos_fetches_about_their_size(tmp_path) -> Non
                 if members:
                     picked.append(members[len(members) // 2])
             for rel in picked:
-                assert hashlib.sha256((m.mountpoint / rel).read_bytes()).hexdigest() == manifest.videos[rel].sha256
+                assert (
+                    hashlib.sha256((m.mountpoint / rel).read_bytes()).hexdigest()
+                    == manifest.videos[rel].sha256
+                )
             fetched = emu.bytes_sent()
             video_bytes = sum(manifest.videos[p].size for p in picked)
             assert min(manifest.videos[p].size for p in picked) > 600_000
             assert fetched <= 1.25 * video_bytes, (fetched, video_bytes)
-            print(f"cold reads: {fetched} bytes fetched for {video_bytes} video bytes "
-                  f"({fetched / video_bytes:.3f}x) over {len(picked)} videos")
+            print(
+                f"cold reads: {fetched} bytes fetched for {video_bytes} video bytes "
+                f"({fetched / video_bytes:.3f}x) over {len(picked)} videos"
+            )
 
 
 def test_shard_replaced_under_a_new_commit(tmp_path) -> None:
@@ -121,7 +132,9 @@ def test_shard_replaced_under_a_new_commit(tmp_path) -> None:
     victim = sorted(manifest.shards[shard_rel].members)[0]
     with HubEmulator(repo_id=REPO_ID) as emu:
         emu.commit(manifest.root)
-        cfg = write_config(tmp_path / "c.toml", endpoint=emu.endpoint, repo=REPO_ID, cache_dir=tmp_path / "cache")
+        cfg = write_config(
+            tmp_path / "c.toml", endpoint=emu.endpoint, repo=REPO_ID, cache_dir=tmp_path / "cache"
+        )
         index(cfg)
         with Mount(cfg, tmp_path / "mnt", allow_log=SKIPPED) as m:
             old = (m.mountpoint / victim).read_bytes()
@@ -163,7 +176,9 @@ def test_shards_stored_without_lfs_are_indexed_by_blob_id(tmp_path) -> None:
     (manifest.root / ".gitattributes").unlink()
     with HubEmulator(repo_id=REPO_ID) as emu:
         emu.commit(manifest.root)
-        cfg = write_config(tmp_path / "c.toml", endpoint=emu.endpoint, repo=REPO_ID, cache_dir=tmp_path / "cache")
+        cfg = write_config(
+            tmp_path / "c.toml", endpoint=emu.endpoint, repo=REPO_ID, cache_dir=tmp_path / "cache"
+        )
         out = index(cfg)
         assert f"{len(manifest.videos)} videos packed" in out
         with Mount(cfg, tmp_path / "mnt", allow_log=SKIPPED) as m:
