@@ -173,12 +173,7 @@ class Operations(pyfuse3.Operations):
     @_boundary
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         st = pyfuse3.StatvfsData()
-        total = (
-            sum(node.size for _, node in self.core.ns.walk_files())
-            if self._statfs_total is None
-            else self._statfs_total
-        )
-        self._statfs_total = total
+        total = self.core.ns.total_bytes
         st.f_bsize = st.f_frsize = 4096
         st.f_blocks = (total + 4095) // 4096
         st.f_bfree = st.f_bavail = 0
@@ -186,8 +181,6 @@ class Operations(pyfuse3.Operations):
         st.f_ffree = st.f_favail = 0
         st.f_namemax = 255
         return st
-
-    _statfs_total: int | None = None
 
     setattr = _read_only("setattr")
     mknod = _read_only("mknod")

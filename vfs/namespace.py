@@ -44,7 +44,9 @@ class Namespace:
 
     def __init__(self, nodes: list[Node | None]) -> None:
         self._nodes = nodes
-        self.file_count = sum(1 for n in nodes if n is not None and not n.is_dir)
+        files = [n for n in nodes if n is not None and not n.is_dir]
+        self.file_count = len(files)
+        self.total_bytes = sum(n.size for n in files)
 
     def __len__(self) -> int:
         return len(self._nodes) - 1
