@@ -736,6 +736,7 @@ def test_fault_probability_is_seeded(tree: tuple[Path, dict[str, bytes]]) -> Non
 
 
 def test_client_hang_ups_are_not_errors(emu: HubEmulator) -> None:
+    ports = _ports(emu)
     """A client that resets an idle keep-alive connection, or abandons a body mid-transfer, is routine: the
     log contract (no WARNING+ from vfs loggers) fails this test if the emulator reports either as an error."""
 
@@ -759,7 +760,7 @@ def test_client_hang_ups_are_not_errors(emu: HubEmulator) -> None:
         return [
             t
             for t in threading.enumerate()
-            if t.name.startswith("hub-emulator-") and t.name.endswith("-conn") and _owned_by(emu, t)
+            if t.name.startswith("hub-emulator-") and t.name.endswith("-conn") and _owned_by(ports, t)
         ]
 
     hang_up(emu.endpoint, f"/datasets/{REPO}/resolve/main/README.md", read_all=True)
@@ -773,12 +774,15 @@ def test_client_hang_ups_are_not_errors(emu: HubEmulator) -> None:
 
 
 def test_stop_ends_stalled_requests_promptly(emu: HubEmulator, client: httpx2.Client) -> None:
+    ports = _ports(emu)
     emu.add_fault(Fault("stall", after_bytes=10, delay_s=60.0))
     result: list[Any] = []
     reader = threading.Thread(target=lambda: result.append(fetch(client, resolve_url(emu, CAP))))
     reader.start()
-    while not any(t.name.startswith("hub-emulator-hub-") and t.name.endswith("-conn") and _owned_by(emu, t)
-                  for t in threading.enumerate()):
+    while not any(
+        t.name.startswith("hub-emulator-hub-") and t.name.endswith("-conn") and _owned_by(ports, t)
+        for t in threading.enumerate()
+    ):
         time.sleep(0.01)
     time.sleep(0.1)
     started = time.monotonic()
@@ -787,13 +791,16 @@ def test_stop_ends_stalled_requests_promptly(emu: HubEmulator, client: httpx2.Cl
     reader.join(5.0)
     assert not reader.is_alive()
     assert result[0][3] is not None  # the stalled reader saw the connection end
-    assert not [t for t in threading.enumerate() if t.name.startswith("hub-emulator") and _owned_by(emu, t)]
+    assert not [t for t in threading.enumerate() if t.name.startswith("hub-emulator") and _owned_by(ports, t)]
 
 
-def _owned_by(emu: HubEmulator, thread: threading.Thread) -> bool:
-    """Whether a thread serves this emulator (other tests' emulators may be running in this process)."""
-    ports = {emu.endpoint.rsplit(":", 1)[1], emu.cdn_endpoint.rsplit(":", 1)[1]}
-    return any(f"-{port}" in thread.name for port in ports)
+def _ports(emu: HubEmulator) -> set[str]:
+    return {emu.endpoint.rsplit(":", 1)[1], emu.cdn_endpoint.rsplit(":", 1)[1]}
+
+
+def _owned_by(ports: set[str], thread: threading.Thread) -> bool:
+    """Whether a thread serves the emulator on these ports (other emulators may run in this process)."""
+    return any(f"-{port}-" in thread.name or thread.name.endswith(f"-{port}") for port in ports)
 
 
 # --------------------------------------------------------------------------------------------------
