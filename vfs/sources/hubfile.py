@@ -46,6 +46,9 @@ class HubFileHandle:
     def __init__(self, sources: Sources, ref: HubFileRef) -> None:
         self._sources = sources
         self._ref = ref
+        # The kernel reads in 128 KiB-1 MiB requests, several per block: keep the last block so that
+        # a sequential reader costs one cache lookup per block, not one per request.
+        self._last: tuple[int, bytes] | None = None
 
     async def read(self, offset: int, size: int) -> bytes:
         ref, bs = self._ref, self._sources.block_size
@@ -54,7 +57,11 @@ class HubFileHandle:
             return b""
         parts = []
         for index in range(offset // bs, (end - 1) // bs + 1):
-            block = await self._sources.hub_block(ref, index)
+            if self._last is not None and self._last[0] == index:
+                block = self._last[1]
+            else:
+                block = await self._sources.hub_block(ref, index)
+                self._last = (index, block)
             lo = max(offset - index * bs, 0)
             hi = min(end - index * bs, len(block))
             parts.append(block[lo:hi])
