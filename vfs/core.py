@@ -26,7 +26,7 @@ from vfs.errors import IsADirectory, NoAttribute, NotFound, ReadOnly
 from vfs.namespace import Namespace, Node
 from vfs.sources.base import Handle
 from vfs.sources.opener import Sources
-from vfs.sources.refs import HubFileRef, MemberRef, UpstreamRef, VirtualRef
+from vfs.sources.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef, VirtualRef
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ def describe_source(ref: object) -> str:
         return f"upstream:{ref.dataset}:{ref.real_path}"
     if isinstance(ref, VirtualRef):
         return "virtual"
+    if isinstance(ref, LocalFileRef):
+        return f"local:{ref.path}"
     return "unknown"
 
 

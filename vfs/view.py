@@ -1,14 +1,18 @@
-"""Builds the namespace a mount shows from a catalog and the configured views.
+"""Builds the namespace a mount shows from a catalog, the availability of its videos and the configured views.
 
 Views (``[mount] views``):
 - ``repo``: every file of the repo at its repo path (annotation JSONs, shards, README), so a data YAML can
   point into the mount.
 - ``merged``: every available video at its annotation path (``academic_source/...``,
-  ``liwei_youtube_videos/...``): what LLaVA-NeXT's ``video_folder`` expects.
+  ``liwei_youtube_videos/...``): what LLaVA-NeXT's ``video_folder`` expects. With an ``Availability``
+  (``vfs.coverage``) that is the shard members, upstream files and directories and repo files it chose;
+  without one, the shard members of the catalog.
 - ``per_directory``: the same videos again under ``<data_source>/<video>``, the layout several third-party
   loaders use.
-Only available files are listed, so ``ls`` and ``find | wc -l`` measure coverage. ``.vfs/`` holds the
-mount's own files.
+Only available files are listed, so ``ls`` and ``find -type f | wc -l`` measure coverage. The directories
+of every wanted path exist even when its video is absent (directories only): the kernel resolves a path
+one component at a time, so only then does the lookup of an absent video reach the daemon with its full
+path, and its guidance can name it. ``.vfs/`` holds the mount's own files.
 """
 
 from __future__ import annotations
@@ -16,10 +20,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vfs.catalog.catalog import CatalogData
+from vfs.guidance import REGISTRY
 from vfs.namespace import Namespace, NamespaceBuilder, PathConflict
-from vfs.sources.refs import VirtualRef
+from vfs.sources.refs import UpstreamRef, VirtualRef
+
+if TYPE_CHECKING:
+    from vfs.coverage import Availability
+    from vfs.sources.upstream import UpstreamDir
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +41,11 @@ def build_view(
     *,
     views: tuple[str, ...] = ("merged", "repo"),
     extra_files: dict[str, VirtualRef] | None = None,
+    availability: Availability | None = None,
+    entries: dict[str, tuple[int, object]] | None = None,
 ) -> Namespace:
+    """The namespace of one mount. ``extra_files`` (in-memory) and ``entries`` (``(size, ref)``) are
+    ``.vfs/`` files by their name below ``.vfs/``."""
     builder = NamespaceBuilder()
     conflicts = 0
 
@@ -46,17 +60,55 @@ def build_view(
             conflicts += 1
             log.warning("not shown: %s (%s)", path, exc)
 
+    def add_dir(path: str) -> None:
+        if not path or path == VFS_DIR or path.startswith(VFS_DIR + "/"):
+            return
+        try:
+            builder.add_dir(path)
+        except PathConflict as exc:
+            log.debug("no directory %s for absent paths below it (%s)", path, exc)
+
+    def add_frames(path: str, directory: UpstreamDir) -> None:
+        add_dir(path)
+        for name, real_path, size in directory.files:
+            add(f"{path}/{name}", size, UpstreamRef(directory.rule, real_path, size, directory.root_real))
+
+    av = availability
+    if "merged" in views:
+        if av is None:
+            for path, member in catalog.members.items():
+                add(path, member.size, member)
+        else:
+            for path, served in av.served.items():
+                add(path, served.size, served.ref)
+            for path, directory in av.dirs.items():
+                add_frames(path, directory)
+            for parent in dict.fromkeys(path.rpartition("/")[0] for path in av.absent):
+                add_dir(parent)
+            for prefix in skeleton_prefixes(av):
+                add_dir(prefix)
     if "repo" in views:
         for f in catalog.files:
-            add(f.path, f.size, f)
-    if "merged" in views:
-        for path, member in catalog.members.items():
-            add(path, member.size, member)
+            if av is None or av.excluded(f.path) is None:
+                add(f.path, f.size, f)
     if "per_directory" in views:
+        seen_parents: set[str] = set()
         for row in catalog.wanted:
-            member = catalog.members.get(row.path)
-            if member is not None:
-                add(f"{row.data_source}/{row.path}", member.size, member)
+            label = row.data_source or row.annotation.split("/", 1)[0]
+            target = f"{label}/{row.path}"
+            if av is None:
+                packed = catalog.members.get(row.path)
+                if packed is not None:
+                    add(target, packed.size, packed)
+                continue
+            chosen = av.served.get(row.path)
+            if chosen is not None:
+                add(target, chosen.size, chosen.ref)
+            elif row.path in av.dirs:
+                add_frames(target, av.dirs[row.path])
+            elif (parent := target.rpartition("/")[0]) not in seen_parents:
+                seen_parents.add(parent)
+                add_dir(parent)
 
     builder.add_dir(VFS_DIR)
     revision = (catalog.commit + "\n").encode()
@@ -64,9 +116,21 @@ def build_view(
     for name, ref in (extra_files or {}).items():
         data_len = 0 if ref.dynamic else len(ref.render())
         builder.add_file(f"{VFS_DIR}/{name}", data_len, ref)
+    for name, (size, entry_ref) in (entries or {}).items():
+        builder.add_file(f"{VFS_DIR}/{name}", size, entry_ref)
     if conflicts:
         log.warning("%d catalog paths collide with other entries and are not shown", conflicts)
     return builder.build()
+
+
+def skeleton_prefixes(av: Availability) -> list[str]:
+    """Dataset directories that exist even with nothing available in them (``academic_source/ego4d``), so a
+    lookup below them reaches the daemon with the file's own name: every known family's prefix under a
+    top-level directory the annotations use, and every configured upstream prefix."""
+    prefixes = [r.prefixes[0] for r in av.upstreams.rules]
+    for dataset in REGISTRY.values():
+        prefixes += [p for p in dataset.prefixes if p.split("/", 1)[0] in av.wanted_tops]
+    return list(dict.fromkeys(prefixes))
 
 
 def json_file(render: Callable[[], object], *, dynamic: bool = False) -> VirtualRef:

@@ -41,10 +41,23 @@ class MemberRef:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRef:
-    """A file under a configured upstream root (already resolved and checked to stay inside it)."""
+    """A file under a configured upstream root (already resolved and checked to stay inside it).
+
+    ``root`` is the resolved root: opening re-checks that the file still lies inside it.
+    """
 
     dataset: str
     real_path: str
+    size: int
+    root: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFileRef:
+    """A file the daemon derived and keeps under its cache dir (``.vfs/available/...``, ``missing.tsv``),
+    published atomically before the mount starts and served with ``pread``."""
+
+    path: str
     size: int
 
 
