@@ -24,14 +24,17 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from vfs.cache.shared import open_shared_cache, restore_from_share_async
 from vfs.cache.store import CacheStore
 from vfs.catalog.catalog import CatalogData, CatalogDir, CatalogError
 from vfs.config import Config
 from vfs.core import FsCore
+from vfs.coverage import prepare_mount
 from vfs.errors import ConfigError, FetchError, VfsError
 from vfs.fuse_ops import Operations
 from vfs.hub.client import HubAccessError, HubClient
 from vfs.layout import CacheLayout
+from vfs.metrics import metrics_server
 from vfs.sources.opener import Sources
 from vfs.view import build_view, json_file
 
@@ -64,7 +67,16 @@ async def resolve_token(config: Config) -> str | None:
 
 
 def open_client(config: Config, token: str | None) -> HubClient:
-    return HubClient(endpoint=config.hub.endpoint, repo_id=config.hub.repo, token=token)
+    hub = config.hub
+    return HubClient(
+        endpoint=hub.endpoint,
+        repo_id=hub.repo,
+        token=token,
+        max_retries=hub.max_retries,
+        retry_deadline_s=hub.retry_deadline_s,
+        connect_timeout_s=hub.connect_timeout_s,
+        read_timeout_s=hub.read_timeout_s,
+    )
 
 
 async def pinned_commit(config: Config, catalogs: CatalogDir, client: HubClient | None) -> str:
@@ -99,6 +111,7 @@ async def hub_call(coro, config: Config):  # type: ignore[no-untyped-def]
 async def load_catalog(config: Config, layout: CacheLayout, client: HubClient | None) -> CatalogData:
     """The catalog of the pinned commit; a first mount without ``index`` lists the repo and saves it."""
     catalogs = CatalogDir(layout.catalog, config.hub.repo)
+    await restore_from_share_async(config, catalogs)  # the cluster's pin and catalog, if none locally
     commit = await pinned_commit(config, catalogs, client)
     if catalogs.exists(commit):
         try:
@@ -121,6 +134,25 @@ async def load_catalog(config: Config, layout: CacheLayout, client: HubClient | 
     return data
 
 
+def check_allow_other(
+    allow_other: bool, *, euid: int | None = None, fuse_conf: Path = Path("/etc/fuse.conf")
+) -> None:
+    """``allow_other`` for a non-root user needs ``user_allow_other`` in /etc/fuse.conf: say so up front."""
+    if not allow_other or (os.geteuid() if euid is None else euid) == 0:
+        return
+    try:
+        lines = fuse_conf.read_text().splitlines()
+    except OSError:
+        lines = []
+    if not any(line.split("#", 1)[0].strip() == "user_allow_other" for line in lines):
+        raise ConfigError(
+            f"[mount] allow_other is set but {fuse_conf} does not enable `user_allow_other`, which FUSE "
+            "requires for non-root users: add that line (as root), or run the mount as root, or unset "
+            "allow_other",
+            5,
+        )
+
+
 def check_mountpoint(mountpoint: Path) -> None:
     if not mountpoint.exists():
         raise ConfigError(f"mountpoint {mountpoint} does not exist", 3)
@@ -130,8 +162,16 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise ConfigError(f"mountpoint {mountpoint} is busy: something is already mounted there", 5)
 
 
-async def serve(config: Config, mountpoint: Path, *, max_tasks: int = 64) -> None:
+# Each FUSE request in flight holds one pyfuse3 worker task until it is answered, and an open of a cold
+# video waits for its download. With few workers, a burst of cold opens (many dataloader workers on a
+# slow Hub) would leave none for lookup/getattr/readdir and cache hits. Workers are trio tasks, started
+# only when all are busy and retired when idle; each holds a lazily touched receive buffer.
+MAX_FUSE_TASKS = 512
+
+
+async def serve(config: Config, mountpoint: Path, *, max_tasks: int = MAX_FUSE_TASKS) -> None:
     check_mountpoint(mountpoint)
+    check_allow_other(config.mount.allow_other)
     layout = CacheLayout(config.cache.dir)
     await trio.to_thread.run_sync(layout.create)
     cache = await trio.to_thread.run_sync(
@@ -143,20 +183,38 @@ async def serve(config: Config, mountpoint: Path, *, max_tasks: int = 64) -> Non
             token = await resolve_token(config)
             client = await stack.enter_async_context(open_client(config, token))
         catalog = await load_catalog(config, layout, client)
+        plan = await prepare_mount(config, layout, catalog)  # upstream roots, coverage, .vfs/ reports
+        metrics = stack.enter_context(metrics_server(config, commit=catalog.commit))  # binds [metrics] port
         async with trio.open_nursery() as nursery:
+            fetches: trio.Nursery = await nursery.start(_fetch_nursery)
             sources = Sources(
                 commit=catalog.commit,
                 cache=cache,
                 index_dir=layout.index,
                 block_size=config.cache.block_size_bytes,
-                nursery=nursery,
+                nursery=fetches,
                 client=client,
+                shared=await open_shared_cache(config, nursery),
             )
             core_box: list[FsCore] = []
-            stats_ref = json_file(lambda: live_stats(core_box[0], cache, client), dynamic=True)
-            namespace = build_view(catalog, views=config.mount.views, extra_files={"stats.json": stats_ref})
-            core = FsCore(namespace, sources)
+            stats_ref = json_file(
+                lambda: {**live_stats(core_box[0], cache, client), "missing": plan.reporter.snapshot()},
+                dynamic=True,
+            )
+            namespace = build_view(
+                catalog,
+                views=config.mount.views,
+                extra_files={"stats.json": stats_ref},
+                availability=plan.availability,
+                entries=plan.entries,
+            )
+            core = FsCore(namespace, sources, on_miss=plan.reporter.on_miss)
             core_box.append(core)
+            if metrics is not None:
+                report = plan.report
+                metrics.attach(
+                    core=core, cache=cache, client=client, sources=sources, coverage=lambda: report
+                )
             ops = Operations(
                 core,
                 entry_timeout_s=config.mount.entry_timeout_s,
@@ -176,7 +234,9 @@ async def serve(config: Config, mountpoint: Path, *, max_tasks: int = 64) -> Non
                     hint = " (allow_other needs `user_allow_other` in /etc/fuse.conf for non-root users)"
                 raise ConfigError(f"cannot mount {mountpoint}: {exc}{hint}", 5) from None
             try:
-                nursery.start_soon(_terminate_on_signal)
+                tune_kernel(mountpoint)
+                nursery.start_soon(_terminate_on_signal, fetches.cancel_scope)
+                nursery.start_soon(plan.reporter.run)
                 print(
                     f"llava-vfs: serving {config.hub.repo}@{catalog.commit[:12]} at {mountpoint} "
                     f"({namespace.file_count} files, {len(catalog.members)} videos)",
@@ -187,15 +247,72 @@ async def serve(config: Config, mountpoint: Path, *, max_tasks: int = 64) -> Non
             finally:
                 sd_notify("STOPPING=1")
                 pyfuse3.close(unmount=True)
+                if sources.shared is not None:
+                    await sources.shared.drain()  # shielded, bounded: let queued publishes finish
                 nursery.cancel_scope.cancel()
         log.info("unmounted %s", mountpoint)
 
 
-async def _terminate_on_signal() -> None:
+# A readahead window of 4 MiB instead of the default 128 KiB: reads reach the daemon as 1 MiB requests (the
+# max_pages limit), an eighth of the requests, and several of them in flight, so a cache file's disk reads
+# overlap (bench/RESULTS.md measured 1024 and 4096 KiB). More background requests in flight let several
+# readers' readahead reach the daemon at once. Both are root-only sysfs knobs.
+READ_AHEAD_KB = 4096
+MAX_BACKGROUND = 64
+
+
+def _mount_device(mountpoint: Path) -> tuple[int, int] | None:
+    """``(major, minor)`` of the mount at ``mountpoint``, from /proc/self/mountinfo (never touching the mount,
+    whose requests nobody serves yet)."""
+    target = os.path.abspath(mountpoint)  # not realpath: an lstat of the mountpoint would deadlock here
+    found = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == target:
+                    major, minor = fields[2].split(":")
+                    found = (int(major), int(minor))  # the last match is the topmost mount
+    except (OSError, ValueError):
+        return None
+    return found
+
+
+def tune_kernel(mountpoint: Path) -> None:
+    """Best effort: raise the mount's readahead window and the connection's background request limit."""
+    device = _mount_device(mountpoint)
+    if device is None:
+        log.debug("kernel tuning skipped: %s not found in /proc/self/mountinfo", mountpoint)
+        return
+    major, minor = device
+    for knob, value in (
+        (f"/sys/class/bdi/{major}:{minor}/read_ahead_kb", READ_AHEAD_KB),
+        (f"/sys/fs/fuse/connections/{minor}/max_background", MAX_BACKGROUND),
+    ):
+        try:
+            with open(knob, "w") as f:
+                f.write(f"{value}\n")
+            log.debug("set %s = %d", knob, value)
+        except OSError as exc:  # not root, or a kernel without the knob: the defaults still work
+            log.debug("could not set %s = %d: %s", knob, value, exc)
+
+
+async def _fetch_nursery(*, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
+    """The nursery the downloads readers wait on run in, cancellable on its own at shutdown."""
+    async with trio.open_nursery() as fetches:
+        task_status.started(fetches)
+        await trio.sleep_forever()
+
+
+async def _terminate_on_signal(fetches: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("received %s; unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
+            # pyfuse3.main returns only once every request in flight is answered; a reader waiting on a
+            # stalled download would hold the shutdown for as long as the retry budget lasts. Cancel the
+            # downloads: their readers get EIO now, nothing partial is ever published.
+            fetches.cancel()
             return
 
 
@@ -214,16 +331,37 @@ def live_stats(core: FsCore, cache: CacheStore, client: HubClient | None) -> dic
     }
     if client is not None:
         out["hub"] = vars(client.stats)
+    if core.sources.shared is not None:
+        out["shared"] = {**vars(core.sources.shared.stats), "pending": core.sources.shared.pending_publishes}
+    out["cache_dir"] = str(cache.root)  # lets `prefetch` find the running mount that owns a cache
     return out
 
 
 def run(config: Config, mountpoint: Path) -> int:
     """Blocking entry point for the CLI: 0 after a clean unmount."""
+    os.umask(0o077)  # everything the daemon writes under the cache dir is private to its user
     try:
         trio.run(serve, config, mountpoint)
+    except BaseExceptionGroup as group:
+        # A start-up error raised inside a nursery arrives wrapped: surface it as the one line it is.
+        leaves = _leaves(group)
+        for leaf in leaves:
+            if isinstance(leaf, ConfigError):
+                raise leaf from None
+        if leaves and all(isinstance(leaf, VfsError) for leaf in leaves):
+            print(f"llava-vfs: error: {leaves[0]}", file=sys.stderr)
+            return 1
+        raise
     except ConfigError:
         raise
     except VfsError as exc:
         print(f"llava-vfs: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

@@ -16,8 +16,10 @@ The network stays on the trio thread (async client); inflating, hashing and pars
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,11 +27,13 @@ from pathlib import Path
 
 import trio
 
+from vfs.cache.shared import IndexShare
 from vfs.catalog.annotations import AnnotationError, annotation_kind, iter_video_records, video_directory
 from vfs.catalog.catalog import CatalogData, CatalogDir, ShardInfo, WantedRow
 from vfs.catalog.shard_index import CorruptShard, ShardIndex, build_shard_index
 from vfs.config import Config
-from vfs.errors import ConfigError, IntegrityError
+from vfs.coverage import index_artifacts
+from vfs.errors import ConfigError, FetchError, IntegrityError, VfsError
 from vfs.hub.client import HubClient, RepoFile
 from vfs.layout import CacheLayout
 from vfs.sources.opener import index_path
@@ -101,20 +105,45 @@ async def index_shard(
 
     reader = _ChannelReader(receive)
     read = reader.read if shard.lfs_sha256 else _BlobCheckingReader(reader.read, shard).read
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pump)
-        try:
-            index = await trio.to_thread.run_sync(
-                lambda: build_shard_index(
-                    read, shard_sha256=shard.lfs_sha256, shard_size=shard.size, progress=progress,
-                    shard_name=shard.path,
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            try:
+                index = await trio.to_thread.run_sync(
+                    lambda: build_shard_index(
+                        read,
+                        shard_sha256=shard.lfs_sha256,
+                        shard_size=shard.size,
+                        progress=progress,
+                        shard_name=shard.path,
+                    )
                 )
-            )
-        finally:
-            nursery.cancel_scope.cancel()
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _one_error(group) from None
     await trio.to_thread.run_sync(lambda: dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700))
     await trio.to_thread.run_sync(index.save, dest)
     return index
+
+
+def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The typed error a caller should see from a shard's pump + builder nursery: the download's failure
+    if it failed (the builder then only saw the stream end), else the builder's verdict. Never a group:
+    a group would escape every ``except IntegrityError`` and reach the user as a traceback."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for kind in (FetchError, VfsError):
+        for exc in leaves:
+            if isinstance(exc, kind):
+                return exc
+    return group
 
 
 class _BlobCheckingReader:
@@ -165,12 +194,21 @@ def parse_annotation(
 
 
 async def build_catalog(
-    config: Config, layout: CacheLayout, client: HubClient, *, jobs: int = 2, progress: bool = False
+    config: Config,
+    layout: CacheLayout,
+    client: HubClient,
+    *,
+    jobs: int = 2,
+    progress: bool = False,
+    share: IndexShare | None = None,
 ) -> tuple[CatalogData, IndexReport]:
     report = IndexReport()
-    commit = await client.resolve_commit(config.hub.revision)
+    # The shared cache tier (if any) supplies the cluster's pin, the listing, annotations and indexes.
+    share = share or IndexShare(None, config.hub.repo)
+    resolve = functools.partial(client.resolve_commit, config.hub.revision)
+    commit = await share.commit(config.hub.revision, resolve)
     report.commit = commit
-    files = await client.list_files(commit)
+    files = await share.files(commit, functools.partial(client.list_files, commit))
     dirs = included_directories(files, config.hub.configs)
     if config.hub.configs and not dirs:
         raise ConfigError(
@@ -190,7 +228,7 @@ async def build_catalog(
     for f in annotations:
         local = layout.annotations / f"{f.content_id}.json"
         if not local.exists():
-            await client.download_file(commit, f, local)
+            await share.annotation(f, local, functools.partial(client.download_file, commit, f, local))
         try:
             await trio.to_thread.run_sync(
                 parse_annotation, local, f.path, video_directory(f.path), report, data
@@ -207,6 +245,8 @@ async def build_catalog(
 
     async def one(shard: RepoFile) -> None:
         dest = index_path(layout.index, shard.content_id)
+        if not dest.exists():
+            await share.fetch_shard_index(shard.content_id, dest)
         if dest.exists():
             try:
                 indexes[shard.path] = await trio.to_thread.run_sync(
@@ -219,11 +259,12 @@ async def build_catalog(
         async with limiter:
             try:
                 indexes[shard.path] = await index_shard(client, commit, shard, dest, progress=bar.callback())
-            except IntegrityError as exc:
+            except (IntegrityError, FetchError) as exc:  # this shard only: the others are still indexed
                 log.error("%s: %s", shard.path, exc)
                 report.errors.append(f"{shard.path}: {exc}")
                 return
             report.shards_built += 1
+            await share.publish_shard_index(shard.content_id, dest)
             report.shard_bytes_read += shard.size
             bar.shard_done()
 
@@ -315,7 +356,7 @@ class _Progress:
             self._progress.update(self._task, shards=f"{self._done} shards done")
 
 
-async def index_async(config: Config, *, jobs: int, progress: bool) -> IndexReport:
+async def index_async(config: Config, *, jobs: int, progress: bool, refresh: bool = False) -> IndexReport:
     from vfs.daemon import hub_call, open_client, resolve_token
 
     if config.hub.offline:
@@ -323,18 +364,22 @@ async def index_async(config: Config, *, jobs: int, progress: bool) -> IndexRepo
     layout = CacheLayout(config.cache.dir)
     await trio.to_thread.run_sync(layout.create)
     token = await resolve_token(config)
+    share = await IndexShare.open(config, refresh=refresh)
     async with open_client(config, token) as client:
         data, report = await hub_call(
-            build_catalog(config, layout, client, jobs=jobs, progress=progress), config
+            build_catalog(config, layout, client, jobs=jobs, progress=progress, share=share), config
         )
     catalogs = CatalogDir(layout.catalog, config.hub.repo)
     await trio.to_thread.run_sync(catalogs.write, data)
     await trio.to_thread.run_sync(catalogs.pin, config.hub.revision, data.commit)
+    await share.publish_catalog(catalogs, data.commit, config.hub.revision)
+    await trio.to_thread.run_sync(index_artifacts, config, layout, data)  # .vfs/available/ files
     return report
 
 
-def run_index(config: Config, *, jobs: int = 2, progress: bool = True) -> int:
-    report = trio.run(lambda: index_async(config, jobs=jobs, progress=progress))
+def run_index(config: Config, *, jobs: int = 2, progress: bool = True, refresh: bool = False) -> int:
+    os.umask(0o077)  # catalogs, indexes and annotation copies are private to the user, like the cache
+    report = trio.run(lambda: index_async(config, jobs=jobs, progress=progress, refresh=refresh))
     print(
         f"indexed {config.hub.repo}@{report.commit[:12]}: {report.annotation_files} annotation files, "
         f"{report.records} records ({report.bad_records} skipped), {report.wanted} wanted videos; "

@@ -9,7 +9,6 @@ and run in the daemon's service nursery.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,14 +16,17 @@ import trio
 from cachetools import LRUCache
 
 from vfs.catalog.shard_index import ShardIndex
-from vfs.errors import FetchError, NotFound
-from vfs.sources.base import BytesHandle, FdHandle, Handle
-from vfs.sources.hubfile import HubFileHandle, fetch_block, read_cached_block
+from vfs.errors import FetchError
+from vfs.metrics import FetchTimings
+from vfs.sources.base import BytesHandle, FdCache, FdHandle, Handle
+from vfs.sources.hubfile import HubFileHandle, block_key, fetch_block, read_cached_block
 from vfs.sources.member import fetch_member
-from vfs.sources.refs import HubFileRef, MemberRef, UpstreamRef, VirtualRef
+from vfs.sources.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef, VirtualRef
 from vfs.sources.singleflight import SingleFlight
+from vfs.sources.upstream import open_local, open_upstream
 
 if TYPE_CHECKING:
+    from vfs.cache.shared import SharedCache
     from vfs.cache.store import CacheStore
     from vfs.hub.client import HubClient
 
@@ -48,8 +50,13 @@ class Sources:
         disk_threads: int = 16,
         cpu_threads: int = 2,
         index_cache_entries: int = 64,
+        shared: SharedCache | None = None,
     ) -> None:
         self.commit = commit
+        # The cluster's shared cache tier: looked up after the local cache, before the Hub.
+        self.shared = shared
+        self.timings = FetchTimings()
+        self.open_fds = FdCache()  # re-opens of hot members skip the worker thread
         self.cache = cache
         self.index_dir = index_dir
         self.block_size = block_size
@@ -78,13 +85,9 @@ class Sources:
             data = ref.render()
             return BytesHandle(data, keep_cache=not ref.dynamic, direct_io=ref.dynamic)
         if isinstance(ref, UpstreamRef):
-            try:
-                fd = await trio.to_thread.run_sync(
-                    os.open, ref.real_path, os.O_RDONLY | os.O_CLOEXEC, limiter=self.disk_limiter
-                )
-            except FileNotFoundError as exc:
-                raise NotFound(f"{ref.real_path} vanished from the {ref.dataset} root") from exc
-            return FdHandle(fd, ref.size, self.disk_limiter)
+            return await open_upstream(ref, self.disk_limiter)
+        if isinstance(ref, LocalFileRef):
+            return await open_local(ref, self.disk_limiter)
         raise TypeError(f"unknown ref {ref!r}")
 
     def is_cached(self, ref: object) -> bool:
@@ -103,14 +106,33 @@ class Sources:
         if data is not None:
             return data
         key = ("blk", ref.content_id, self.block_size, index)
-        result = await self._flights.run(key, lambda: fetch_block(self, ref, index))
+        result = await self._flights.run(key, lambda: self._fetch_block(ref, index))
         assert isinstance(result, bytes)
         return result
 
+    async def _fetch_block(self, ref: HubFileRef, index: int) -> bytes:
+        started_s = trio.current_time()
+        if self.shared is not None:
+            data = await self.shared.block(ref, self.block_size, index)
+            if data is not None:
+                key = block_key(ref, self.block_size, index)
+                await trio.to_thread.run_sync(self.cache.publish, key, data, limiter=self.disk_limiter)
+                self.timings.observe("block", "shared", trio.current_time() - started_s)
+                return data
+        data = await fetch_block(self, ref, index)
+        self.timings.observe("block", "hub", trio.current_time() - started_s)
+        if self.shared is not None:
+            self.shared.publish_block_soon(block_key(ref, self.block_size, index), data)
+        return data
+
     async def member_fd(self, ref: MemberRef) -> int:
         """An fd on the verified cached member, fetching it first if needed (single-flight)."""
+        fd = self.open_fds.dup(ref.cache_key)
+        if fd is not None:
+            return fd
         fd = await self._lookup_member(ref)
         if fd is not None:
+            self.open_fds.keep(ref.cache_key, fd)
             return fd
         await self._flights.run(ref.cache_key, lambda: self._fetch_member(ref))
         fd = await self._lookup_member(ref)
@@ -125,14 +147,23 @@ class Sources:
         )
 
     async def _fetch_member(self, ref: MemberRef) -> None:
+        started_s = trio.current_time()
+        if self.shared is not None and await self.shared.member_into_cache(self.cache, ref):
+            self.timings.observe("member", "shared", trio.current_time() - started_s)
+            return
         index = await self.shard_index(ref.shard_sha256, ref.shard_path)
         await fetch_member(self, ref, index)
+        self.timings.observe("member", "hub", trio.current_time() - started_s)
+        if self.shared is not None:
+            self.shared.publish_member_soon(self.cache, ref)
 
     async def shard_index(self, shard_sha256: str, shard_path: str) -> ShardIndex:
         index = self._indexes.get(shard_sha256)
         if index is not None:
             return index
         path = index_path(self.index_dir, shard_sha256)
+        if self.shared is not None and not await trio.to_thread.run_sync(path.exists):
+            await self.shared.shard_index_into(shard_sha256, path)
 
         def load() -> ShardIndex:
             try:
