@@ -107,6 +107,12 @@ class HubConfig:
     token: str | None = field(default=None, repr=False)
     configs: tuple[str, ...] = ()
     offline: bool = False
+    # Retry budget and timeouts of every Hub request (vfs.hub.client.HubClient): a failing request is
+    # retried at most max_retries times in a row and within retry_deadline_s of the first failure.
+    max_retries: int = 8
+    retry_deadline_s: float = 120.0
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
 
     def includes(self, directory: str) -> bool:
         """Whether the repo's video directory ``directory`` is selected by ``configs`` (empty = all)."""
@@ -170,6 +176,7 @@ class Config:
 
 
 # Defaults read back from instances: with slots=True the class attributes are slot descriptors.
+_HUB_DEFAULTS = HubConfig()
 _MOUNT_DEFAULTS = MountConfig()
 _METRICS_DEFAULTS = MetricsConfig()
 
@@ -244,7 +251,18 @@ def parse_size(value: str | int, *, key: str) -> int:
 # --------------------------------------------------------------------------------------------- loading
 
 _SECTIONS = ("hub", "cache", "upstream", "mount", "metrics")
-_HUB_KEYS = ("repo", "revision", "endpoint", "token", "configs", "offline")
+_HUB_KEYS = (
+    "repo",
+    "revision",
+    "endpoint",
+    "token",
+    "configs",
+    "offline",
+    "max_retries",
+    "retry_deadline_s",
+    "connect_timeout_s",
+    "read_timeout_s",
+)
 _CACHE_KEYS = ("dir", "max_size", "block_size", "shared_dir")
 _UPSTREAM_KEYS = ("name", "prefix", "root", "pattern", "prefer")
 _MOUNT_KEYS = ("allow_other", "views", "exclude", "entry_timeout_s", "attr_timeout_s", "negative_timeout_s")
@@ -482,8 +500,28 @@ def _parse_hub(raw: object, env: Mapping[str, str]) -> HubConfig:
         if "/" in pattern:
             _invalid(f"hub.configs[{i}]", f"a video directory name or glob, without '/': {pattern!r}")
     offline = t.boolean("offline", _env_true(env.get("HF_HUB_OFFLINE")))
+    max_retries = _HUB_DEFAULTS.max_retries
+    if t.has("max_retries"):
+        max_retries = t._typed("max_retries", int, "a whole number of retries")
+        if not 0 <= max_retries <= 1000:
+            _invalid(t.key("max_retries"), f"must be between 0 and 1000, got {max_retries}")
+    retry_deadline_s = t.seconds("retry_deadline_s", _HUB_DEFAULTS.retry_deadline_s)
+    connect_timeout_s = t.seconds("connect_timeout_s", _HUB_DEFAULTS.connect_timeout_s)
+    read_timeout_s = t.seconds("read_timeout_s", _HUB_DEFAULTS.read_timeout_s)
+    for name, value in (("connect_timeout_s", connect_timeout_s), ("read_timeout_s", read_timeout_s)):
+        if value == 0:
+            _invalid(t.key(name), "must be more than 0 seconds")
     return HubConfig(
-        repo=repo, revision=revision, endpoint=endpoint, token=token, configs=configs, offline=offline
+        repo=repo,
+        revision=revision,
+        endpoint=endpoint,
+        token=token,
+        configs=configs,
+        offline=offline,
+        max_retries=max_retries,
+        retry_deadline_s=retry_deadline_s,
+        connect_timeout_s=connect_timeout_s,
+        read_timeout_s=read_timeout_s,
     )
 
 

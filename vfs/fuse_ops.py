@@ -1,8 +1,9 @@
 """The thin pyfuse3 adapter: converts between the kernel's view and ``FsCore``, and is the one error boundary.
 
 Every handler goes through ``_boundary``: an expected ``VfsError`` becomes its errno (logged at the
-error's own level), any other exception is logged once with its traceback and becomes EIO, so no
-exception ever reaches pyfuse3 (which would tear the whole mount down). Cancellation passes through.
+error's own level; also when a nursery wrapped it in an exception group), any other exception is logged
+once with its traceback and becomes EIO, so no exception ever reaches pyfuse3 (which would tear the whole
+mount down). Cancellation passes through.
 
 Kernel caching: immutable content, so files are opened with ``keep_cache`` and entries and attributes
 carry long timeouts; a lookup miss returns a *negative entry* (inode 0 with an entry timeout) so the
@@ -42,12 +43,36 @@ def _boundary(fn: F) -> F:
             self.core.record_error(exc.errno)
             log.log(exc.log_level, "%s: %s", fn.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
-        except Exception:
+        except Exception as exc:
+            expected = _expected_error(exc)
+            if expected is not None:  # a typed error that a nursery wrapped in a group
+                self.core.record_error(expected.errno)
+                log.log(expected.log_level, "%s: %s", fn.__name__, expected)
+                raise pyfuse3.FUSEError(expected.errno) from None
             self.core.record_error(errno.EIO)
             log.exception("unexpected error in %s%r; answering EIO", fn.__name__, args[:2])
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _expected_error(exc: Exception) -> VfsError | None:
+    """The first ``VfsError`` of an exception group holding nothing but ``VfsError``s, else None."""
+    if not isinstance(exc, ExceptionGroup):
+        return None
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, BaseExceptionGroup):
+            pending.extend(item.exceptions)
+        else:
+            leaves.append(item)
+    if leaves and all(isinstance(leaf, VfsError) for leaf in leaves):
+        first = leaves[0]
+        assert isinstance(first, VfsError)
+        return first
+    return None
 
 
 def _read_only(name: str) -> Callable[..., Awaitable[Any]]:
@@ -152,7 +177,9 @@ class Operations(pyfuse3.Operations):
         await self.core.release(fh)
 
     async def flush(self, fh: int) -> None:
-        return None
+        # ENOSYS once tells the kernel never to send FLUSH again: a read-only file has nothing to flush, and
+        # every close() would otherwise wait for a round trip to the daemon (bench/RESULTS.md).
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def forget(self, inode_list: Any) -> None:
         return None  # inodes are immutable for the life of the mount

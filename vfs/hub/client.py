@@ -13,12 +13,15 @@ Invariants:
   a well-formed answer cannot be seen here: ``download_file`` and the callers verify checksums.
 - Each file is resolved once per commit (single-flight): the signed CDN location of an LFS file, or the
   resolve URL of a regular file, is cached and reused for every range. A CDN 403 means the signature
-  expired: the file is re-resolved and the read retried, never failed for it.
+  expired: the file is re-resolved and the read retried, never failed for it. A CDN host that refuses
+  connections is forgotten too (the retry re-resolves: the Hub may redirect elsewhere).
 - The token goes to the hub origin only. CDN requests are built without it (redirects to the CDN are never
   followed by the HTTP layer), and no log line contains a token or a signed URL.
 - Retries: exponential backoff with full jitter, at most ``max_retries`` per failure streak and within
-  ``retry_deadline_s`` of the streak's first failure. A streak ends when an attempt delivers bytes, so a
-  long stream survives any number of resets as long as it keeps making progress. 429 and Retry-After
+  ``retry_deadline_s`` of the streak's first failure. A streak ends when an attempt delivers at least
+  ``chunk_bytes``, so a long stream survives any number of resets as long as it keeps making real
+  progress, while a server that sends a few bytes and then stalls or resets every time still ends in an
+  error within the deadline (bytes it did deliver are kept either way). 429 and Retry-After
   waits are honoured (capped by the deadline) and pause the whole origin, so concurrent readers do not
   hammer a rate-limited resolver. Each retry is one WARNING; the final failure is the caller's to log.
 - At most ``max_connections`` requests are in flight (a ``trio.CapacityLimiter``; a streaming read holds
@@ -495,6 +498,11 @@ class HubClient:
                     failure = exc
                 except httpx2.TransportError as exc:
                     failure = self._transport_failure(exc)
+                    if location.is_cdn and isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout)):
+                        # The host the Hub redirected to cannot be reached (a dead CDN node, a URL handed
+                        # out before an outage): the next attempt asks the Hub again, which may redirect
+                        # elsewhere. Resets and stalls keep the location: the host is up.
+                        self._forget(commit, path, location)
                 if pending:  # bytes received before a failure are good: keep them
                     chunk = bytes(pending)
                     position += len(chunk)
@@ -502,8 +510,9 @@ class HubClient:
                 if failure is None and position < end:
                     failure = _Retryable(f"body ended early at offset {position}")
                 if position > attempt_start:
-                    budget.progressed()
                     reresolved = False
+                    if position - attempt_start >= self._chunk_bytes:
+                        budget.progressed()
                 if failure is not None and position < end:
                     await budget.failed(failure)
         except VfsError:

@@ -71,17 +71,31 @@ class HubFileHandle:
         return None
 
 
+# A corrupt answer (a flipped byte passes every transport check) of a file that fits in one block fails
+# its checksum; it is fetched again this many times in all before the reader gets EIO.
+BLOCK_ATTEMPTS = 3
+
+
 async def fetch_block(sources: Sources, ref: HubFileRef, index: int) -> bytes:
     """Fetch one block from the Hub, verify it, publish it to the cache, return its bytes."""
     bs = sources.block_size
     start = index * bs
     end = min(start + bs, ref.size)
     client = sources.require_client(ref.path)
-    data = await client.read_range(sources.commit, ref.path, start, end)
-    if len(data) != end - start:
-        raise IntegrityError(f"{ref.path}: block {index} came back with {len(data)} bytes, not {end - start}")
-    if start == 0 and end == ref.size:
-        await trio.to_thread.run_sync(check_whole_file, ref, data, limiter=sources.cpu_limiter)
+    for attempt in range(1, BLOCK_ATTEMPTS + 1):
+        data = await client.read_range(sources.commit, ref.path, start, end)
+        try:
+            if len(data) != end - start:
+                raise IntegrityError(
+                    f"{ref.path}: block {index} came back with {len(data)} bytes, not {end - start}"
+                )
+            if start == 0 and end == ref.size:
+                await trio.to_thread.run_sync(check_whole_file, ref, data, limiter=sources.cpu_limiter)
+            break
+        except IntegrityError as exc:
+            if attempt == BLOCK_ATTEMPTS:
+                raise
+            log.warning("%s; refetching (attempt %d of %d)", exc, attempt + 1, BLOCK_ATTEMPTS)
     key = block_key(ref, bs, index)
     await trio.to_thread.run_sync(sources.cache.publish, key, data, limiter=sources.disk_limiter)
     log.debug("fetched %s block %d (%d bytes)", ref.path, index, len(data))

@@ -11,12 +11,23 @@ not remembered: the next caller starts a fresh attempt.
 
 from __future__ import annotations
 
+import errno
+import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 import trio
 
+from vfs.errors import VfsError
+
 T = TypeVar("T")
+
+
+class ShuttingDown(VfsError):
+    """The daemon is stopping: the work a reader waited for was cancelled, or can no longer start (EIO)."""
+
+    errno = errno.EIO
+    log_level = logging.INFO
 
 
 class _Flight(Generic[T]):
@@ -41,8 +52,11 @@ class SingleFlight(Generic[T]):
         flight = self._flights.get(key)
         if flight is None:
             flight = _Flight()
+            try:
+                self._nursery.start_soon(self._work, key, flight, work)
+            except RuntimeError:  # the nursery is closed: the daemon is shutting down
+                raise ShuttingDown("the filesystem is shutting down") from None
             self._flights[key] = flight
-            self._nursery.start_soon(self._work, key, flight, work)
         await flight.done.wait()
         if flight.error is not None:
             raise flight.error
@@ -51,11 +65,11 @@ class SingleFlight(Generic[T]):
     async def _work(self, key: Hashable, flight: _Flight[T], work: Callable[[], Awaitable[T]]) -> None:
         try:
             flight.result = await work()
-        except trio.Cancelled:
-            flight.error = trio.ClosedResourceError("the filesystem is shutting down")
-            raise
         except Exception as exc:  # handed to every waiter; the error boundary logs it once per reader
             flight.error = exc
+        except BaseException:  # trio.Cancelled, alone or grouped by a nested nursery: the daemon is stopping
+            flight.error = ShuttingDown("the filesystem is shutting down")
+            raise
         finally:
             del self._flights[key]
             flight.done.set()
