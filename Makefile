@@ -33,8 +33,18 @@ soak: deps
 demo: deps
 	$(VENV)/bin/llava-vfs demo
 
-bench: deps
-	$(PY) -m bench.run
+# `make bench` also installs the peers it measures against (rclone from Debian; ratarmount, matplotlib from PyPI).
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	@if ! command -v rclone >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone; \
+	fi
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: deps $(BENCH_STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

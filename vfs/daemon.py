@@ -167,6 +167,9 @@ def check_mountpoint(mountpoint: Path) -> None:
 # slow Hub) would leave none for lookup/getattr/readdir and cache hits. Workers are trio tasks, started
 # only when all are busy and retired when idle; each holds a lazily touched receive buffer.
 MAX_FUSE_TASKS = 512
+# Worker threads for cache-file reads that miss the page cache (and cache writes). With fewer threads than
+# readers, cached reads queue behind each other instead of keeping the disk busy (bench/RESULTS.md).
+DISK_THREADS = 64
 
 
 async def serve(config: Config, mountpoint: Path, *, max_tasks: int = MAX_FUSE_TASKS) -> None:
@@ -195,6 +198,8 @@ async def serve(config: Config, mountpoint: Path, *, max_tasks: int = MAX_FUSE_T
                 nursery=fetches,
                 client=client,
                 shared=await open_shared_cache(config, nursery),
+                # one blocking pread per reader whose bytes are not in memory: as many as dataloaders read
+                disk_threads=DISK_THREADS,
             )
             core_box: list[FsCore] = []
             stats_ref = json_file(

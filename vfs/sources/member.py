@@ -11,12 +11,13 @@ example a flipped byte) is retried a few times before giving up.
 from __future__ import annotations
 
 import logging
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 import trio
 
 from vfs.catalog.shard_index import MemberExtractor, ShardIndex
-from vfs.errors import FetchError, IntegrityError
+from vfs.errors import FetchError, IntegrityError, VfsError
 from vfs.sources.refs import MemberRef
 
 if TYPE_CHECKING:
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MEMBER_ATTEMPTS = 3
+# A corrupt answer (a flipped byte passes every transport check) costs one refetch of the member's range;
+# five attempts keep a member readable when even a third of the CDN's answers are corrupt.
+MEMBER_ATTEMPTS = 5
 
 
 async def fetch_member(sources: Sources, ref: MemberRef, index: ShardIndex) -> None:
@@ -53,11 +56,24 @@ async def _fetch_once(sources, ref, index, member, client, start: int, end: int)
     writer = sources.cache.writer(ref.cache_key, size=ref.size, sha256=ref.sha256)
     await trio.to_thread.run_sync(writer.__enter__, limiter=sources.disk_limiter)
     ok = False
+
+    def feed_and_write(chunk: bytes) -> None:
+        out = extractor.feed(chunk)
+        if out:
+            writer.write(out)
+
     try:
-        async for chunk in client.stream_range(sources.commit, ref.shard_path, start, end):
-            out = await trio.to_thread.run_sync(extractor.feed, chunk, limiter=sources.cpu_limiter)
-            if out:
-                await trio.to_thread.run_sync(writer.write, out, limiter=sources.disk_limiter)
+        # Pipelined: the download runs ahead (a bounded channel) while a worker thread inflates, hashes and
+        # writes the previous chunk, so the network and the CPU overlap instead of taking turns.
+        send, receive = trio.open_memory_channel[bytes](PIPELINE_CHUNKS)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_download, client, sources.commit, ref.shard_path, start, end, send)
+                async with receive:
+                    async for chunk in receive:
+                        await trio.to_thread.run_sync(feed_and_write, chunk, limiter=sources.cpu_limiter)
+        except BaseExceptionGroup as group:
+            raise _typed(group) from None
         await trio.to_thread.run_sync(extractor.finish, limiter=sources.cpu_limiter)
         await trio.to_thread.run_sync(writer.commit, limiter=sources.disk_limiter)
         ok = True
@@ -68,3 +84,65 @@ async def _fetch_once(sources, ref, index, member, client, start: int, end: int)
                     writer.__exit__, IntegrityError, None, None, limiter=sources.disk_limiter
                 )
     await trio.to_thread.run_sync(writer.__exit__, None, None, None, limiter=sources.disk_limiter)
+
+
+def _typed(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one typed error behind a group from the download/inflate nursery, so that callers (the refetch
+    on ``IntegrityError`` above, the error boundary) see it: a failed download before the inflater's
+    complaint about the stream it cut short. A group holding anything else (cancellation) stays a group."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if not leaves or not all(isinstance(exc, VfsError) for exc in leaves):
+        return group
+    return next((exc for exc in leaves if isinstance(exc, FetchError)), leaves[0])
+
+
+# Chunks (about 1 MiB each) the download may run ahead of inflation.
+PIPELINE_CHUNKS = 8
+# A range at least this long is fetched as several concurrent ranged GETs of PART_BYTES or more: one CDN
+# connection gives 40-60 MB/s, so a large member needs several to fill the link (CRAFT.md). Parts are
+# handed on in order, so inflation stays sequential from the member's checkpoint.
+PARALLEL_MIN_BYTES = 16 << 20
+PART_BYTES = 8 << 20
+MAX_PARALLEL_PARTS = 4
+HANDOFF_BYTES = 1 << 20
+
+
+async def _download(client, commit: str, path: str, start: int, end: int, send) -> None:  # type: ignore[no-untyped-def]
+    """Send the bytes of ``[start, end)`` of ``path`` in order on ``send``; several ranges when large."""
+    async with send:
+        if end - start < PARALLEL_MIN_BYTES:
+            # aclosing: a failure downstream stops the loop early; the stream gives back its connection now.
+            async with aclosing(client.stream_range(commit, path, start, end)) as chunks:
+                async for chunk in chunks:
+                    await send.send(chunk)
+            return
+        parts = max(2, min(-(-(end - start) // PART_BYTES), 256))
+        bounds = [start + (end - start) * i // parts for i in range(parts + 1)]
+        results: list[bytes] = [b""] * parts
+        done = [trio.Event() for _ in range(parts)]
+        window = trio.Semaphore(MAX_PARALLEL_PARTS)  # parts in flight, or fetched and not yet handed on
+
+        async def fetch_part(i: int) -> None:
+            results[i] = await client.read_range(commit, path, bounds[i], bounds[i + 1])
+            done[i].set()
+
+        async def start_parts(nursery: trio.Nursery) -> None:
+            for i in range(parts):
+                await window.acquire()
+                nursery.start_soon(fetch_part, i)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(start_parts, nursery)
+            for i in range(parts):
+                await done[i].wait()
+                data, results[i] = results[i], b""
+                window.release()
+                for offset in range(0, len(data), HANDOFF_BYTES):
+                    await send.send(data[offset : offset + HANDOFF_BYTES])

@@ -9,6 +9,7 @@ and run in the daemon's service nursery.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -134,11 +135,22 @@ class Sources:
         if fd is not None:
             self.open_fds.keep(ref.cache_key, fd)
             return fd
-        await self._flights.run(ref.cache_key, lambda: self._fetch_member(ref))
-        fd = await self._lookup_member(ref)
+        await self._flights.run(ref.cache_key, lambda: self._fetch_member_and_keep(ref))
+        # The fetch kept an fd on the entry it published: under a small quota, concurrent publishes may
+        # evict the entry before this reader gets here, and the kept fd still reads the verified bytes.
+        fd = self.open_fds.dup(ref.cache_key)
+        if fd is None:
+            fd = await self._lookup_member(ref)
         if fd is None:
             raise FetchError(f"{ref.member_path}: fetched but not in the cache (is the cache too small?)")
         return fd
+
+    async def _fetch_member_and_keep(self, ref: MemberRef) -> None:
+        await self._fetch_member(ref)
+        fd = await self._lookup_member(ref)  # at once, inside the flight: before the waiters wake up
+        if fd is not None:
+            self.open_fds.keep(ref.cache_key, fd)
+            os.close(fd)
 
     async def _lookup_member(self, ref: MemberRef) -> int | None:
         return await trio.to_thread.run_sync(
