@@ -64,3 +64,24 @@ def hub(_session_hub):
     _session_hub.reset_log()
     yield _session_hub
     _session_hub.clear_faults()
+
+
+@pytest.fixture(scope="session")
+def indexed_demo_cache(tmp_path_factory: pytest.TempPathFactory, demo, _session_hub):
+    """A cache dir holding the demo's catalog and shard indexes (no video): copy it, never modify it."""
+    import trio
+
+    from tests.mounting import write_config
+    from vfs.catalog.indexer import index_async
+    from vfs.config import load_config
+
+    work = tmp_path_factory.mktemp("indexed-demo")
+    cfg = write_config(
+        work / "t.toml", endpoint=_session_hub.endpoint, repo=REPO_ID, cache_dir=work / "cache"
+    )
+    logging.disable(logging.WARNING)  # the demo's hostile records are expected; no test's subject here
+    try:
+        trio.run(lambda: index_async(load_config(cfg), jobs=2, progress=False))
+    finally:
+        logging.disable(logging.NOTSET)
+    return work / "cache"

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import socket
 import urllib.error
@@ -18,8 +17,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import REPO_ID
 from tests.mounting import Mount, cli, write_config
 from vfs.cache.store import CacheStore
-from vfs.catalog.indexer import index_async
-from vfs.config import load_config
 from vfs.core import FsCore
 from vfs.errors import ConfigError
 from vfs.hub.client import HubClient
@@ -126,18 +123,9 @@ def test_the_server_serves_metrics_and_refuses_a_taken_port() -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory, demo, _session_hub) -> Path:
-    work = tmp_path_factory.mktemp("metrics-template")
-    cfg = write_config(
-        work / "t.toml", endpoint=_session_hub.endpoint, repo=REPO_ID, cache_dir=work / "cache"
-    )
-    logging.disable(logging.WARNING)  # the demo's hostile records are expected; not this module's subject
-    try:
-        trio.run(lambda: index_async(load_config(cfg), jobs=2, progress=False))
-    finally:
-        logging.disable(logging.NOTSET)
-    return work / "cache"
+@pytest.fixture
+def template(indexed_demo_cache: Path) -> Path:
+    return indexed_demo_cache
 
 
 @pytest.mark.fuse

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
 
 import pytest
-import trio
 import yaml
 
 from tests.conftest import REPO_ID
 from tests.mounting import Mount, cli, write_config
-from vfs.catalog.indexer import index_async
 from vfs.config import load_config
 from vfs.errors import ConfigError
 from vfs.yamlgen import run_yaml
@@ -23,18 +20,9 @@ from vfs.yamlgen import run_yaml
 pytestmark = pytest.mark.allow_log(r"skipped video", r"records skipped")
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory, demo, _session_hub) -> Path:
-    work = tmp_path_factory.mktemp("yaml-template")
-    cfg = write_config(
-        work / "t.toml", endpoint=_session_hub.endpoint, repo=REPO_ID, cache_dir=work / "cache"
-    )
-    logging.disable(logging.WARNING)  # the demo's hostile records are expected; not this module's subject
-    try:
-        trio.run(lambda: index_async(load_config(cfg), jobs=2, progress=False))
-    finally:
-        logging.disable(logging.NOTSET)
-    return work / "cache"
+@pytest.fixture
+def template(indexed_demo_cache: Path) -> Path:
+    return indexed_demo_cache
 
 
 @pytest.fixture

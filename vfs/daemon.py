@@ -30,7 +30,7 @@ from vfs.catalog.catalog import CatalogData, CatalogDir, CatalogError
 from vfs.config import Config
 from vfs.core import FsCore
 from vfs.coverage import prepare_mount
-from vfs.errors import ConfigError, FetchError, VfsError
+from vfs.errors import ConfigError, FetchError, VfsError, exception_leaves
 from vfs.fuse_ops import Operations
 from vfs.hub.client import HubAccessError, HubClient
 from vfs.layout import CacheLayout
@@ -349,7 +349,7 @@ def run(config: Config, mountpoint: Path) -> int:
         trio.run(serve, config, mountpoint)
     except BaseExceptionGroup as group:
         # A start-up error raised inside a nursery arrives wrapped: surface it as the one line it is.
-        leaves = _leaves(group)
+        leaves = exception_leaves(group)
         for leaf in leaves:
             if isinstance(leaf, ConfigError):
                 raise leaf from None
@@ -363,10 +363,3 @@ def run(config: Config, mountpoint: Path) -> int:
         print(f"llava-vfs: error: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out

@@ -83,3 +83,30 @@ class ConfigError(Exception):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def exception_leaves(exc: BaseException) -> list[BaseException]:
+    """The plain exceptions inside (possibly nested) exception groups; ``[exc]`` for a plain one."""
+    leaves: list[BaseException] = []
+    pending = [exc]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, BaseExceptionGroup):
+            pending.extend(reversed(item.exceptions))
+        else:
+            leaves.append(item)
+    return leaves
+
+
+def typed_error(exc: BaseException) -> VfsError | None:
+    """The one error a caller should see behind a nursery's exception group, or None.
+
+    Only a group made of ``VfsError``s qualifies (anything else, cancellation included, must keep
+    propagating as it is). A ``FetchError`` wins: when a download fails, the consumer of its stream
+    complains too, but the download's failure is the cause.
+    """
+    leaves = exception_leaves(exc)
+    typed = [leaf for leaf in leaves if isinstance(leaf, VfsError)]
+    if not leaves or len(typed) != len(leaves):
+        return None
+    return next((leaf for leaf in typed if isinstance(leaf, FetchError)), typed[0])

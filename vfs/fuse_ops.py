@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pyfuse3
 
 from vfs.core import FsCore
-from vfs.errors import VfsError
+from vfs.errors import VfsError, typed_error
 from vfs.namespace import Node
 
 log = logging.getLogger(__name__)
@@ -57,22 +57,8 @@ def _boundary(fn: F) -> F:
 
 
 def _expected_error(exc: Exception) -> VfsError | None:
-    """The first ``VfsError`` of an exception group holding nothing but ``VfsError``s, else None."""
-    if not isinstance(exc, ExceptionGroup):
-        return None
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [exc]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, BaseExceptionGroup):
-            pending.extend(item.exceptions)
-        else:
-            leaves.append(item)
-    if leaves and all(isinstance(leaf, VfsError) for leaf in leaves):
-        first = leaves[0]
-        assert isinstance(first, VfsError)
-        return first
-    return None
+    """The typed error behind an exception group of nothing but ``VfsError``s, else None."""
+    return typed_error(exc) if isinstance(exc, ExceptionGroup) else None
 
 
 def _read_only(name: str) -> Callable[..., Awaitable[Any]]:

@@ -33,7 +33,7 @@ from vfs.catalog.catalog import CatalogData, CatalogDir, ShardInfo, WantedRow
 from vfs.catalog.shard_index import CorruptShard, ShardIndex, build_shard_index
 from vfs.config import Config
 from vfs.coverage import index_artifacts
-from vfs.errors import ConfigError, FetchError, IntegrityError, VfsError
+from vfs.errors import ConfigError, FetchError, IntegrityError, VfsError, exception_leaves
 from vfs.hub.client import HubClient, RepoFile
 from vfs.layout import CacheLayout
 from vfs.sources.opener import index_path
@@ -131,14 +131,7 @@ def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The typed error a caller should see from a shard's pump + builder nursery: the download's failure
     if it failed (the builder then only saw the stream end), else the builder's verdict. Never a group:
     a group would escape every ``except IntegrityError`` and reach the user as a traceback."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
+    leaves = exception_leaves(group)
     for kind in (FetchError, VfsError):
         for exc in leaves:
             if isinstance(exc, kind):

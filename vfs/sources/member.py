@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from vfs.catalog.shard_index import MemberExtractor, ShardIndex
-from vfs.errors import FetchError, IntegrityError, VfsError
+from vfs.errors import FetchError, IntegrityError, typed_error
 from vfs.sources.refs import MemberRef
 
 if TYPE_CHECKING:
@@ -88,19 +88,8 @@ async def _fetch_once(sources, ref, index, member, client, start: int, end: int)
 
 def _typed(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one typed error behind a group from the download/inflate nursery, so that callers (the refetch
-    on ``IntegrityError`` above, the error boundary) see it: a failed download before the inflater's
-    complaint about the stream it cut short. A group holding anything else (cancellation) stays a group."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    if not leaves or not all(isinstance(exc, VfsError) for exc in leaves):
-        return group
-    return next((exc for exc in leaves if isinstance(exc, FetchError)), leaves[0])
+    on ``IntegrityError`` above, the error boundary) see it. A group holding anything else stays a group."""
+    return typed_error(group) or group
 
 
 # Chunks (about 1 MiB each) the download may run ahead of inflation.
