@@ -905,3 +905,29 @@ def test_unusable_root_is_a_config_error(tmp_path: Path) -> None:
     assert raised.value.exit_code == 3 and str(blocker) in str(raised.value)
     with pytest.raises(ValueError):
         CacheStore(tmp_path / "c", max_size_bytes=0)
+
+
+@pytest.mark.allow_log(r"quarantin|corrupt|sha256")
+def test_prehashed_writer_records_the_callers_digest_and_restart_still_verifies(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    digest = hashlib.sha256(data).hexdigest()
+    with CacheStore(tmp_path / "c", max_size_bytes=10**7) as store:
+        with pytest.raises(ValueError):
+            store.writer("k0", size=1, prehashed=True)  # nothing to record without the caller's digest
+        with store.writer("k", size=len(data), sha256=digest, prehashed=True) as w:
+            w.write(data)
+            w.commit()
+        path = store.path_of("k")
+    # a restarted store verifies the recorded digest against the bytes on disk
+    with CacheStore(tmp_path / "c", max_size_bytes=10**7) as store:
+        fd = store.lookup("k", size=len(data), sha256=digest)
+        assert fd is not None
+        assert os.pread(fd, len(data), 0) == data
+        os.close(fd)
+    with open(path, "r+b") as fh:  # flip one content byte
+        fh.seek(1000)
+        byte = fh.read(1)
+        fh.seek(1000)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    with CacheStore(tmp_path / "c", max_size_bytes=10**7) as store:
+        assert store.lookup("k", size=len(data), sha256=digest) is None

@@ -226,7 +226,9 @@ class EntryWriter:
     One writer belongs to one thread.
     """
 
-    def __init__(self, store: CacheStore, key: str, size: int, sha256: str | None) -> None:
+    def __init__(
+        self, store: CacheStore, key: str, size: int, sha256: str | None, *, prehashed: bool = False
+    ) -> None:
         # Pure computation only: the temp file is created on __enter__ (or the first write), so the
         # writer can be constructed on the trio thread and entered in a worker thread.
         if size < 0:
@@ -236,7 +238,11 @@ class EntryWriter:
         self._store = store
         self._name = entry_name(key)
         self._expected_sha256 = _normalise_sha256(sha256)
-        self._hasher = hashlib.sha256()
+        if prehashed and self._expected_sha256 is None:
+            raise ValueError("prehashed needs the sha256 the caller verified")
+        # A caller that already verified these exact bytes against ``sha256`` (the member extractor
+        # does) spares a second pass of hashing over every byte; the trailer records the same digest.
+        self._hasher = None if prehashed else hashlib.sha256()
         self._written_bytes = 0
         self._done = False
         self._fd = -1
@@ -267,7 +273,8 @@ class EntryWriter:
             raise IntegrityError(
                 f"cache entry {self.key!r}: more than the expected {self.size} bytes written"
             )
-        self._hasher.update(view)
+        if self._hasher is not None:
+            self._hasher.update(view)
         self._write_all(view)
         self._written_bytes += view.nbytes
 
@@ -279,7 +286,8 @@ class EntryWriter:
             raise IntegrityError(
                 f"cache entry {self.key!r}: {self._written_bytes} bytes written, expected {self.size}"
             )
-        digest = self._hasher.hexdigest()
+        digest = self._hasher.hexdigest() if self._hasher is not None else self._expected_sha256
+        assert digest is not None
         if self._expected_sha256 is not None and digest != self._expected_sha256:
             self.abort()
             raise IntegrityError(
@@ -458,9 +466,15 @@ class CacheStore:
                         self._verified.add(name)
                 event.set()
 
-    def writer(self, key: str, *, size: int, sha256: str | None = None) -> EntryWriter:
-        """A context manager that writes ``size`` bytes for ``key`` and publishes them on commit()."""
-        return EntryWriter(self, key, size, sha256)
+    def writer(
+        self, key: str, *, size: int, sha256: str | None = None, prehashed: bool = False
+    ) -> EntryWriter:
+        """A context manager that writes ``size`` bytes for ``key`` and publishes them on commit().
+
+        ``prehashed``: the caller verifies the bytes against ``sha256`` itself before commit(), so the
+        writer records that digest instead of hashing every byte a second time.
+        """
+        return EntryWriter(self, key, size, sha256, prehashed=prehashed)
 
     def publish(self, key: str, data: bytes, *, sha256: str | None = None) -> None:
         """Write and publish ``data`` as ``key``'s entry in one call."""

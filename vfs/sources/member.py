@@ -53,7 +53,8 @@ async def fetch_member(sources: Sources, ref: MemberRef, index: ShardIndex) -> N
 
 async def _fetch_once(sources, ref, index, member, client, start: int, end: int) -> None:  # type: ignore[no-untyped-def]
     extractor = MemberExtractor(index, member)
-    writer = sources.cache.writer(ref.cache_key, size=ref.size, sha256=ref.sha256)
+    # extractor.finish() verifies the member's sha256 before writer.commit(): no second hash pass
+    writer = sources.cache.writer(ref.cache_key, size=ref.size, sha256=ref.sha256, prehashed=True)
     await trio.to_thread.run_sync(writer.__enter__, limiter=sources.disk_limiter)
     ok = False
 
