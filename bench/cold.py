@@ -34,7 +34,7 @@ SIZE_CLASSES_MB = (0.5, 1, 2, 5, 10, 20, 50)
 
 _WHY_1 = (
     "On 127.0.0.1 the 'network' costs almost nothing, so this ratio measures CPU: the daemon "
-    "receives, inflates, hashes (in the extractor and again in the cache store), writes and fsyncs "
+    "receives, inflates, hashes, writes and fsyncs "
     "every byte, then serves it through FUSE, on the same 2 cores as the emulator and the reader; the "
     "raw GET only receives. Against a CDN at 40-60 MB/s per connection the daemon's 100+ MB/s "
     "pipeline and its parallel ranges for members >= 16 MiB are not the limit."
