@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 
 lint: deps
 	$(PY) -m ruff check vfs tests bench mount.py
+	$(PY) -m mypy vfs
 
 test: deps lint
 	$(PY) -m pytest -q

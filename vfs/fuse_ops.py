@@ -61,7 +61,7 @@ def _expected_error(exc: Exception) -> VfsError | None:
     return typed_error(exc) if isinstance(exc, ExceptionGroup) else None
 
 
-def _read_only(name: str) -> Callable[..., Awaitable[Any]]:
+def _read_only(name: str) -> Any:  # Any: it stands in for handlers of every signature
     async def refuse(self: Operations, *args: Any) -> Any:
         self.core.record_error(errno.EROFS)
         raise pyfuse3.FUSEError(errno.EROFS)

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -38,6 +39,9 @@ from vfs.hub.client import HubClient, RepoFile
 from vfs.layout import CacheLayout
 from vfs.sources.opener import index_path
 from vfs.sources.refs import HubFileRef, MemberRef
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 log = logging.getLogger(__name__)
 
@@ -297,8 +301,8 @@ class _Progress:
     def __init__(self, *, enabled: bool, total: int) -> None:
         self._enabled = enabled
         self._total = total
-        self._progress = None
-        self._task = None
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
         self._done = 0
 
     def __enter__(self) -> _Progress:
