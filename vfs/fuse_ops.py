@@ -175,8 +175,15 @@ class Operations(pyfuse3.Operations):
         self.core.node(inode)
         return not (mode & os.W_OK)
 
-    @_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        # `ls -l` asks every entry for security.selinux (and ACL names), and the kernel does not cache
+        # the answer: refuse names we never have before any logging or bookkeeping.
+        if not name.startswith(b"user.vfs."):
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return await self._getxattr(inode, name)
+
+    @_boundary
+    async def _getxattr(self, inode: int, name: bytes) -> bytes:
         return await self.core.getxattr(inode, os.fsdecode(name))
 
     @_boundary
