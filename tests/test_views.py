@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import REPO_ID
 from tests.mounting import Mount, cli, write_config
+from tests.test_coverage import readable_records
 from vfs.catalog.annotations import normalise_video_path
 from vfs.demo.dataset import video_bytes
 
@@ -201,14 +202,7 @@ def test_upstream_guidance_coverage_and_filtered_annotations(setup, demo, _sessi
 
     # 5. Filtered annotations: exactly the records whose video can be read, in order.
     for repo_path, records in available_json.items():
-        original = json.loads((demo.root / repo_path).read_text())
-        expected = []
-        for record in original:
-            try:
-                if normalise_video_path(record.get("video")) in readable:
-                    expected.append(record)
-            except ValueError:
-                pass
+        expected = readable_records(json.loads((demo.root / repo_path).read_text()), readable)
         assert records == expected, repo_path
     assert sum(len(r) for r in available_json.values()) > 0
 
