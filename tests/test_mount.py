@@ -68,17 +68,13 @@ def test_every_file_listed_with_exact_size_and_bytes(tmp_path, small_repo, small
     mnt = tmp_path / "mnt"
     with Mount(cfg, mnt):
         small_hub.reset_log()  # the listing at start-up is not a download
-        expected = {
-            p.relative_to(small_repo).as_posix(): p
-            for p in small_repo.rglob("*")
-            if p.is_file() and p.name != ".gitattributes"
-        }
+        expected = {p.relative_to(small_repo).as_posix(): p for p in small_repo.rglob("*") if p.is_file()}
         listed = {
             p.relative_to(mnt).as_posix()
             for p in mnt.rglob("*")
             if p.is_file() and not p.relative_to(mnt).as_posix().startswith(".vfs")
         }
-        assert listed == set(expected) | {".gitattributes"} or listed == set(expected)
+        assert listed == set(expected)  # every repo file, .gitattributes included, and nothing else
         for rel, src in expected.items():
             assert os.stat(mnt / rel).st_size == src.stat().st_size, rel
         assert small_hub.bytes_sent() == 0  # sizes came from the listing, nothing was downloaded

@@ -18,8 +18,10 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TypeVar
 
 import pyfuse3
 import trio
@@ -38,6 +40,7 @@ from vfs.metrics import metrics_server
 from vfs.sources.opener import Sources
 from vfs.view import build_view, json_file
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -98,7 +101,7 @@ async def pinned_commit(config: Config, catalogs: CatalogDir, client: HubClient 
     return commit
 
 
-async def hub_call(coro, config: Config):  # type: ignore[no-untyped-def]
+async def hub_call(coro: Awaitable[T], config: Config) -> T:
     """Await a start-up Hub call, turning its failures into one-line ConfigErrors (exit 4)."""
     try:
         return await coro

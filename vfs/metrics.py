@@ -103,12 +103,8 @@ class VfsCollector:
         coverage: Callable[[], dict[str, Any]] | None = None,
         info: dict[str, str] | None = None,
     ) -> None:
-        self._core = core
-        self._cache = cache
-        self._client = client
-        self._sources = sources
-        self._coverage = coverage
         self._info = info or {}
+        self.attach(core=core, cache=cache, client=client, sources=sources, coverage=coverage)
 
     def attach(
         self,

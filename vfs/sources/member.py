@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from vfs.catalog.shard_index import MemberExtractor, ShardIndex
+from vfs.catalog.shard_index import Member, MemberExtractor, ShardIndex
 from vfs.errors import FetchError, IntegrityError, typed_error
 from vfs.sources.refs import MemberRef
 
 if TYPE_CHECKING:
+    from vfs.hub.client import HubClient
     from vfs.sources.opener import Sources
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,15 @@ async def fetch_member(sources: Sources, ref: MemberRef, index: ShardIndex) -> N
     raise FetchError(f"{ref.member_path}: fetch failed")  # pragma: no cover - loop always returns or raises
 
 
-async def _fetch_once(sources, ref, index, member, client, start: int, end: int) -> None:  # type: ignore[no-untyped-def]
+async def _fetch_once(
+    sources: Sources,
+    ref: MemberRef,
+    index: ShardIndex,
+    member: Member,
+    client: HubClient,
+    start: int,
+    end: int,
+) -> None:
     extractor = MemberExtractor(index, member)
     # extractor.finish() verifies the member's sha256 before writer.commit(): no second hash pass
     writer = sources.cache.writer(ref.cache_key, size=ref.size, sha256=ref.sha256, prehashed=True)

@@ -96,8 +96,6 @@ class Sources:
         if isinstance(ref, MemberRef):
             return self.cache.contains(ref.cache_key)
         if isinstance(ref, HubFileRef):
-            from vfs.sources.hubfile import block_key
-
             blocks = max(1, -(-ref.size // self.block_size))
             return all(self.cache.contains(block_key(ref, self.block_size, i)) for i in range(blocks))
         return True
