@@ -1,9 +1,9 @@
 """The filesystem logic, testable without the kernel.
 
 ``FsCore`` answers lookup, getattr, readdir, open, read, release and extended attributes over an
-immutable ``Namespace`` and the ``Sources`` that serve bytes. It returns domain objects (``Node``,
-``bytes``) and raises ``vfs.errors`` types; the pyfuse3 adapter (``vfs.fuse_ops``) converts both and is
-the one error boundary.
+immutable tree (a ``NamespaceView``: in memory, or a mount snapshot loaded lazily) and the ``Sources``
+that serve bytes. It returns domain objects (``Node``, ``bytes``) and raises ``vfs.errors`` types; the
+pyfuse3 adapter (``vfs.fuse_ops``) converts both and is the one error boundary.
 
 Invariants:
 - Read-only: any open for writing is ``ReadOnly`` (EROFS); the adapter answers every mutating call so.
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import trio
 
 from vfs.errors import IsADirectory, NoAttribute, NotFound, ReadOnly
-from vfs.namespace import Namespace, Node
+from vfs.namespace import NamespaceView, Node
 from vfs.sources.base import Handle
 from vfs.sources.opener import Sources
 from vfs.sources.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef, VirtualRef
@@ -65,7 +65,7 @@ def describe_source(ref: object) -> str:
 
 class FsCore:
     def __init__(
-        self, namespace: Namespace, sources: Sources, *, on_miss: MissListener | None = None
+        self, namespace: NamespaceView, sources: Sources, *, on_miss: MissListener | None = None
     ) -> None:
         self.ns = namespace
         self.sources = sources
@@ -95,12 +95,7 @@ class FsCore:
 
     def readdir(self, ino: int, start: int) -> Iterator[tuple[str, Node, int]]:
         """Entries from offset ``start``; each with the offset of the next one (stable sorted order)."""
-        node = self.node(ino)
-        names = self.ns.sorted_names(node)
-        for pos in range(start, len(names)):
-            child = self.ns.child(node, names[pos])
-            assert child is not None
-            yield names[pos], child, pos + 1
+        return self.ns.entries(self.node(ino), start)
 
     # -- data ---------------------------------------------------------------------------------------
     async def open(self, ino: int, flags: int) -> tuple[int, Handle]:
@@ -109,7 +104,7 @@ class FsCore:
             raise ReadOnly(self.ns.path_of(node))
         if node.is_dir:
             raise IsADirectory(self.ns.path_of(node))
-        handle = await self.sources.open(node.ref)
+        handle = await self.sources.open(self.ns.ref_of(node))
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = handle
@@ -144,10 +139,10 @@ class FsCore:
         if node.is_dir:
             raise NoAttribute(name)
         if name == XATTR_SOURCE:
-            return describe_source(node.ref).encode()
+            return describe_source(self.ns.ref_of(node)).encode()
         if name == XATTR_CACHED:
             cached = await trio.to_thread.run_sync(
-                self.sources.is_cached, node.ref, limiter=self.sources.disk_limiter
+                self.sources.is_cached, self.ns.ref_of(node), limiter=self.sources.disk_limiter
             )
             return b"1" if cached else b"0"
         raise NoAttribute(name)

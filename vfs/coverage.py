@@ -15,13 +15,14 @@ From it: ``coverage_report`` (``llava-vfs coverage``, ``.vfs/coverage.json``), `
 (``.vfs/available/<repo path>``: each annotation file reduced to the records whose video can be read,
 streamed with ``write_filtered``, built at index time and cached under a key of the annotation's content id
 and the exact set of its available paths, so a changed upstream root or exclude list rebuilds it), and
-``prepare_mount`` which the daemon calls once before mounting.
+``plan_mount`` which the daemon (or ``index``, for the first mount) calls to build a mount snapshot
+(``vfs.snapshot``).
 
 Invariants:
 - ``total.wanted`` is the number of distinct ``video`` paths across the included annotation files
   (LLaVA-Hound frame directories included), and ``wanted = available + missing``.
 - Everything here that touches the disk is blocking: the daemon runs it in worker threads
-  (``prepare_mount``); the CLI calls it directly. Nothing here contacts the Hub.
+  (``plan_mount``); the CLI calls it directly. Nothing here contacts the Hub.
 - Derived files are published atomically (temp file, fsync, rename) under the cache's ``annotations/``
   directory, named by what they were derived from, so a mount never serves a half-written one.
 """
@@ -56,7 +57,6 @@ from vfs.guidance import (
     REGISTRY,
     DatasetInfo,
     Miss,
-    MissReporter,
     absent_message,
     dataset_for_path,
     is_dataset_ancestor,
@@ -75,14 +75,17 @@ __all__ = [
     "KIND_SHARD",
     "KIND_UPSTREAM",
     "Availability",
+    "Explainer",
     "MountPlan",
+    "PathFacts",
     "Served",
     "build_available_annotations",
     "compute_availability",
     "coverage_report",
     "iter_provenance",
     "load_catalog_offline",
-    "prepare_mount",
+    "log_coverage",
+    "plan_mount",
     "render_coverage_table",
     "run_coverage",
     "run_provenance",
@@ -123,8 +126,113 @@ def _parent(path: str) -> str:
     return path.rpartition("/")[0]
 
 
+@dataclass(frozen=True, slots=True)
+class PathFacts:
+    """What guidance needs to know about one path the catalog or the upstream roots name."""
+
+    available: bool
+    wanted: bool
+    reason: str | None  # why a wanted path is absent (None when available or not wanted)
+    shard: str | None  # the shard holding it, if any
+    escaped: str | None  # the refused real path of an upstream entry that resolves outside its root
+    unindexed: tuple[str, ...] = ()  # not-yet-indexed shards that may hold it
+
+
+class Explainer:
+    """Turns a lookup miss into guidance from per-path facts and a few mount-wide ones.
+
+    Two sources of facts share this logic: ``Availability`` (in memory, computed from the catalog) and
+    ``vfs.snapshot.SnapshotExplainer`` (queried from a persisted mount snapshot)."""
+
+    config: Config
+    upstreams: Upstreams
+    indexed: bool
+    data_sources: frozenset[str]
+    wanted_tops: frozenset[str]  # first components of wanted paths (academic_source, ...)
+
+    def facts(self, path: str) -> PathFacts | None:
+        raise NotImplementedError
+
+    def excluded(self, path: str) -> DatasetInfo | None:
+        if not self.config.mount.exclude:
+            return None
+        dataset = dataset_for_path(path)
+        if dataset is not None and dataset.name in self.config.mount.exclude:
+            return dataset
+        return None
+
+    def miss(self, path: str, *, wanted: bool = True) -> Miss:
+        """The reason and guidance for an absent path (a wanted one, or any path below a known family)."""
+        facts = self.facts(path)
+        reason = facts.reason if wanted and facts is not None else None
+        if reason is None:
+            reason = self._reason(path, facts, wanted=False)
+        dataset = dataset_for_path(path)
+        matched = self.upstreams.rule_for(path)
+        rule = matched[0] if matched else None
+        expected: list[str] = []
+        if reason == REASON_ESCAPES_ROOT:
+            expected = [(facts.escaped if facts is not None else None) or "?"]
+        elif rule is not None:
+            expected = rule.expected(path)
+        text = absent_message(
+            path,
+            reason,
+            dataset=dataset,
+            upstream_name=rule.name if rule else None,
+            expected=expected,
+            unindexed_shards=list(facts.unindexed) if facts is not None else [],
+            shard=facts.shard if facts is not None else None,
+            malformed=malformed_hint(path),
+            config_file=str(self.config.source) if self.config.source else None,
+            wanted=wanted and facts is not None and facts.wanted,
+        )
+        return Miss(path, reason, dataset.name if dataset else None, text)
+
+    def _reason(self, path: str, facts: PathFacts | None, *, wanted: bool) -> str:
+        if self.excluded(path) is not None:
+            return REASON_EXCLUDED
+        if wanted and malformed_hint(path) is not None:
+            return REASON_MALFORMED
+        if facts is not None and facts.escaped is not None:
+            return REASON_ESCAPES_ROOT
+        if self.upstreams.rule_for(path) is not None:
+            return REASON_NOT_IN_ROOT
+        if facts is not None and facts.unindexed:
+            return REASON_NOT_INDEXED
+        if not self.indexed:
+            return REASON_NOT_INDEXED
+        if dataset_for_path(path) is not None:
+            return REASON_NO_SOURCE if wanted else REASON_NOT_WANTED
+        return REASON_UNKNOWN if wanted else REASON_NOT_WANTED
+
+    def explain(self, path: str) -> Miss | None:
+        """For ``MissReporter``: the guidance for a lookup miss, or None for lookups that are not about
+        dataset paths. Runs on the trio thread: dictionary lookups, or one indexed point query of the
+        snapshot (the kernel caches the negative entry, so each path costs this once per timeout)."""
+        if path == ".vfs" or path.startswith(".vfs/"):
+            return None
+        first, _, rest = path.partition("/")
+        if rest and first in self.data_sources and "per_directory" in self.config.mount.views:
+            inner = self.explain(rest)
+            if inner is not None:
+                return Miss(path, inner.reason, inner.dataset, inner.guidance)
+        facts = self.facts(path)
+        if facts is not None and facts.reason is not None and facts.wanted:
+            return self.miss(path)
+        if facts is not None and facts.available:
+            return None
+        if not self.indexed and (dataset_for_path(path) is not None or is_dataset_ancestor(path)):
+            return self.miss(path, wanted=False)
+        if dataset_for_path(path) is not None:
+            return self.miss(path, wanted=False)
+        if first in self.wanted_tops or (not rest and is_dataset_ancestor(path)):
+            return self.miss(path, wanted=False)
+        return None
+
+
 @dataclass
-class Availability:
+class Availability(Explainer):
     config: Config
     catalog: CatalogData
     upstreams: Upstreams
@@ -138,6 +246,10 @@ class Availability:
     data_sources: frozenset[str] = frozenset()
     wanted_tops: frozenset[str] = frozenset()  # first components of wanted paths (academic_source, ...)
 
+    @property
+    def indexed(self) -> bool:  # type: ignore[override]
+        return self.catalog.indexed
+
     # -- queries --------------------------------------------------------------------------------------
     def is_available(self, path: str) -> bool:
         return path in self.served or path in self.dirs
@@ -148,42 +260,41 @@ class Availability:
             return served.kind
         return KIND_UPSTREAM if path in self.dirs else None
 
-    def excluded(self, path: str) -> DatasetInfo | None:
-        if not self.config.mount.exclude:
-            return None
-        dataset = dataset_for_path(path)
-        if dataset is not None and dataset.name in self.config.mount.exclude:
-            return dataset
-        return None
-
-    def miss(self, path: str, *, wanted: bool = True) -> Miss:
-        """The reason and guidance for an absent path (a wanted one, or any path below a known family)."""
-        reason = self.absent.get(path) if wanted else None
-        if reason is None:
-            reason = self._reason(path, [], wanted=False)
-        dataset = dataset_for_path(path)
-        matched = self.upstreams.rule_for(path)
-        rule = matched[0] if matched else None
-        expected: list[str] = []
-        if reason == REASON_ESCAPES_ROOT:
-            expected = [self.resolution.escaped.get(path, "?")]
-        elif rule is not None:
-            expected = rule.expected(path)
+    def facts(self, path: str) -> PathFacts | None:
+        available = self.is_available(path)
+        rows = self.wanted.get(path)
         member = self.catalog.members.get(path)
-        rows = self.wanted.get(path, [])
-        text = absent_message(
-            path,
-            reason,
-            dataset=dataset,
-            upstream_name=rule.name if rule else None,
-            expected=expected,
-            unindexed_shards=self._unindexed_for(rows),
+        escaped = self.resolution.escaped.get(path)
+        if not available and rows is None and member is None and escaped is None:
+            return None
+        return PathFacts(
+            available=available,
+            wanted=rows is not None,
+            reason=self.absent.get(path),
             shard=member.shard_path if member is not None else None,
-            malformed=malformed_hint(path),
-            config_file=str(self.config.source) if self.config.source else None,
-            wanted=wanted and path in self.wanted,
+            escaped=escaped,
+            unindexed=tuple(self._unindexed_for(rows or [])),
         )
-        return Miss(path, reason, dataset.name if dataset else None, text)
+
+    def all_facts(self) -> Iterator[tuple[str, PathFacts]]:
+        """The facts of every path that has some (what a mount snapshot persists), in path order."""
+        members = self.catalog.members
+        escaped = self.resolution.escaped
+        paths = {*self.wanted, *self.served, *self.dirs, *members, *escaped}
+        for path in sorted(paths):
+            rows = self.wanted.get(path)
+            member = members.get(path)
+            yield (
+                path,
+                PathFacts(
+                    available=path in self.served or path in self.dirs,
+                    wanted=rows is not None,
+                    reason=self.absent.get(path),
+                    shard=member.shard_path if member is not None else None,
+                    escaped=escaped.get(path),
+                    unindexed=tuple(self._unindexed_for(rows)) if rows and self.unindexed_shards else (),
+                ),
+            )
 
     def _unindexed_for(self, rows: list[WantedRow]) -> list[str]:
         if not self.unindexed_shards:
@@ -194,45 +305,6 @@ class Availability:
         ):
             shards += self.unindexed_shards.get(directory, [])
         return list(dict.fromkeys(shards))
-
-    def _reason(self, path: str, rows: list[WantedRow], *, wanted: bool) -> str:
-        if self.excluded(path) is not None:
-            return REASON_EXCLUDED
-        if wanted and malformed_hint(path) is not None:
-            return REASON_MALFORMED
-        if path in self.resolution.escaped:
-            return REASON_ESCAPES_ROOT
-        if self.upstreams.rule_for(path) is not None:
-            return REASON_NOT_IN_ROOT
-        if rows and self._unindexed_for(rows):
-            return REASON_NOT_INDEXED
-        if not self.catalog.indexed:
-            return REASON_NOT_INDEXED
-        if dataset_for_path(path) is not None:
-            return REASON_NO_SOURCE if wanted else REASON_NOT_WANTED
-        return REASON_UNKNOWN if wanted else REASON_NOT_WANTED
-
-    def explain(self, path: str) -> Miss | None:
-        """For ``MissReporter``: the guidance for a lookup miss, or None for lookups that are not about
-        dataset paths. Runs on the trio thread: dictionary lookups and string work only."""
-        if path == ".vfs" or path.startswith(".vfs/"):
-            return None
-        first, _, rest = path.partition("/")
-        if rest and first in self.data_sources and "per_directory" in self.config.mount.views:
-            inner = self.explain(rest)
-            if inner is not None:
-                return Miss(path, inner.reason, inner.dataset, inner.guidance)
-        if path in self.absent:
-            return self.miss(path)
-        if self.is_available(path):
-            return None
-        if not self.catalog.indexed and (dataset_for_path(path) is not None or is_dataset_ancestor(path)):
-            return self.miss(path, wanted=False)
-        if dataset_for_path(path) is not None:
-            return self.miss(path, wanted=False)
-        if first in self.wanted_tops or (not rest and is_dataset_ancestor(path)):
-            return self.miss(path, wanted=False)
-        return None
 
 
 def compute_availability(
@@ -284,7 +356,15 @@ def compute_availability(
             av.dirs[path] = resolution.dirs[path]
     for path, rows in wanted.items():
         if not av.is_available(path):
-            av.absent[path] = av._reason(path, rows, wanted=True)
+            facts = PathFacts(
+                available=False,
+                wanted=True,
+                reason=None,
+                shard=None,
+                escaped=resolution.escaped.get(path),
+                unindexed=tuple(av._unindexed_for(rows)),
+            )
+            av.absent[path] = av._reason(path, facts, wanted=True)
     return av
 
 
@@ -594,18 +674,11 @@ def _filter_one(src: Path, final: Path, available: set[str], label: str) -> None
     log.info("%s: filtered copy keeps %d records, drops %d", label, kept, dropped)
 
 
-def index_artifacts(config: Config, layout: CacheLayout, catalog: CatalogData) -> int:
-    """Blocking, for ``llava-vfs index``: build the filtered annotations; returns how many are ready.
+def prune_available(layout: CacheLayout, keep: set[str]) -> None:
+    """Drop filtered annotation copies other than ``keep`` once they are a week old.
 
-    Filtered copies of other availabilities (another upstream root or exclude list) are pruned once they
-    are a week old: a mount started from them long ago may still serve them, so never right away.
-    """
-    try:
-        refs = build_available_annotations(compute_availability(config, catalog), layout)
-    except OSError as exc:  # the catalog is written already: a mount can still build these at start-up
-        log.error("could not build the filtered annotations (.vfs/available/): %s", exc)
-        return 0
-    keep = {ref.path for ref in refs.values()}
+    Copies of other availabilities (another upstream root or exclude list) may still be served by a mount
+    started from them long ago, so never right away."""
     cutoff = time.time() - PRUNE_AFTER_S
     for old in (layout.annotations / "available").glob("*/*.json"):
         try:
@@ -613,7 +686,6 @@ def index_artifacts(config: Config, layout: CacheLayout, catalog: CatalogData) -
                 old.unlink()
         except FileNotFoundError:
             pass
-    return len(refs)
 
 
 # --------------------------------------------------------------------------------------------- the mount
@@ -621,45 +693,50 @@ def index_artifacts(config: Config, layout: CacheLayout, catalog: CatalogData) -
 
 @dataclass
 class MountPlan:
-    """What the daemon needs from this module: availability, ``.vfs/`` entries and the miss reporter."""
+    """What a mount is built from: availability, the coverage report and the ``.vfs/`` entries."""
 
     availability: Availability
     report: dict[str, object]
     entries: dict[str, tuple[int, object]]  # .vfs/ relative name -> (size, ref)
-    reporter: MissReporter
+    complete: bool = True  # False when a derived file could not be written (full disk): do not persist
 
 
-async def prepare_mount(config: Config, layout: CacheLayout, catalog: CatalogData) -> MountPlan:
-    """Resolve upstreams and build the ``.vfs/`` reports and filtered annotations, in worker threads."""
-    import trio
-
+def plan_mount(config: Config, layout: CacheLayout, catalog: CatalogData) -> MountPlan:
+    """Blocking (thread only): resolve upstreams, build the ``.vfs/`` reports and filtered annotations."""
     from vfs.view import json_file
 
-    av = await trio.to_thread.run_sync(compute_availability, config, catalog)
-    report = await trio.to_thread.run_sync(coverage_report, av)
+    av = compute_availability(config, catalog)
+    report = coverage_report(av)
     coverage_ref: VirtualRef = json_file(lambda: report)
     entries: dict[str, tuple[int, object]] = {"coverage.json": (len(coverage_ref.render()), coverage_ref)}
     # The derived files are a convenience: a full disk must not keep the videos from being served.
     available: dict[str, LocalFileRef] = {}
+    complete = True
     try:
-        available = await trio.to_thread.run_sync(build_available_annotations, av, layout)
-        missing = await trio.to_thread.run_sync(write_missing_tsv, av, layout.annotations / "reports")
+        available = build_available_annotations(av, layout)
+        missing = write_missing_tsv(av, layout.annotations / "reports")
         entries["missing.tsv"] = (missing.size, missing)
     except OSError as exc:
+        complete = False
         log.error("could not write .vfs/missing.tsv or .vfs/available/ under %s: %s", layout.annotations, exc)
     for repo_path, ref in available.items():
         entries[f"available/{repo_path}"] = (ref.size, ref)
+    return MountPlan(av, report, entries, complete)
+
+
+def log_coverage(report: dict[str, object], config: Config) -> None:
+    """The one INFO line a mount logs about what it serves."""
     total = report["total"]
-    assert isinstance(total, dict)
+    reasons = report["missing_by_reason"]
+    assert isinstance(total, dict) and isinstance(reasons, dict)
     log.info(
         "coverage: %d wanted, %d available, %d missing (%s); upstream roots: %s",
         total["wanted"],
         total["available"],
         total["missing"],
-        ", ".join(f"{k} {v}" for k, v in dict(report["missing_by_reason"]).items()) or "none",  # type: ignore[call-overload]
-        ", ".join(f"{r.name}={r.root}" for r in av.upstreams.rules) or "none",
+        ", ".join(f"{k} {v}" for k, v in reasons.items()) or "none",
+        ", ".join(f"{u.name}={u.root}" for u in config.upstreams) or "none",
     )
-    return MountPlan(av, report, entries, MissReporter(av.explain))
 
 
 # --------------------------------------------------------------------------------------------- the CLI

@@ -11,6 +11,9 @@ mounted when one is raised.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import logging
 import os
 import re
@@ -18,8 +21,9 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,14 +35,26 @@ from vfs.cache.store import CacheStore
 from vfs.catalog.catalog import CatalogData, CatalogDir, CatalogError
 from vfs.config import Config
 from vfs.core import FsCore
-from vfs.coverage import prepare_mount
+from vfs.coverage import log_coverage
 from vfs.errors import ConfigError, FetchError, VfsError, exception_leaves
 from vfs.fuse_ops import Operations
+from vfs.guidance import Miss, MissReporter
 from vfs.hub.client import HubAccessError, HubClient
 from vfs.layout import CacheLayout
 from vfs.metrics import metrics_server
+from vfs.namespace import NamespaceView
+from vfs.snapshot import (
+    STATS_FILE,
+    Snapshot,
+    SnapshotError,
+    build_snapshot,
+    open_snapshot,
+    snapshot_key,
+    snapshot_path,
+)
 from vfs.sources.opener import Sources
-from vfs.view import build_view, json_file
+from vfs.sources.refs import VirtualRef
+from vfs.view import json_file
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -111,11 +127,76 @@ async def hub_call(coro: Awaitable[T], config: Config) -> T:
         raise ConfigError(f"cannot reach the Hub at {config.hub.endpoint}: {exc}", 4) from None
 
 
-async def load_catalog(config: Config, layout: CacheLayout, client: HubClient | None) -> CatalogData:
-    """The catalog of the pinned commit; a first mount without ``index`` lists the repo and saves it."""
+@dataclass
+class MountTree:
+    """What a mount serves: its tree, the guidance for misses in it and its coverage report."""
+
+    namespace: NamespaceView
+    explain: Callable[[str], Miss | None]
+    report: dict[str, object]
+    commit: str
+    videos: int
+    snapshot: Snapshot | None  # None when serving from memory (the snapshot could not be written)
+
+
+async def load_tree(
+    config: Config, layout: CacheLayout, client: HubClient | None, *, stats: VirtualRef
+) -> MountTree:
+    """The tree of the pinned commit: from its mount snapshot when one is current (a fraction of a second at
+    full scale), else built from the catalog and persisted; a first mount without ``index`` lists the repo."""
     catalogs = CatalogDir(layout.catalog, config.hub.repo)
     await restore_from_share_async(config, catalogs)  # the cluster's pin and catalog, if none locally
     commit = await pinned_commit(config, catalogs, client)
+    if catalogs.exists(commit):
+        path = snapshot_path(catalogs, commit, snapshot_key(config, catalogs.db_path(commit)))
+        snap = await trio.to_thread.run_sync(open_snapshot, path, config)
+        if snap is not None:
+            return await _tree_of(snap, config, stats)
+    catalog = await _read_catalog(config, catalogs, commit, client)
+    log.info("building the mount snapshot of %s@%s", config.hub.repo, commit[:12])
+    ns, plan, written = await trio.to_thread.run_sync(
+        lambda: build_snapshot(config, layout, catalog, stats=stats)
+    )
+    if written is not None:
+        try:
+            snap = await trio.to_thread.run_sync(Snapshot, written, config)
+        except SnapshotError as exc:
+            log.warning("%s; serving from memory", exc)
+        else:
+            del ns, plan, catalog  # the whole catalog in Python objects: hand it back before serving
+            await trio.to_thread.run_sync(release_memory)
+            return await _tree_of(snap, config, stats)
+    log_coverage(plan.report, config)
+    return MountTree(ns, plan.availability.explain, plan.report, commit, len(catalog.members), None)
+
+
+def release_memory() -> None:
+    """Collect, then return free heap pages to the OS: glibc keeps them otherwise, and a daemon that built
+    a snapshot of the full dataset would hold several hundred MB it no longer uses. Best effort."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+async def _tree_of(snap: Snapshot, config: Config, stats: VirtualRef) -> MountTree:
+    report = snap.report
+    revision = (snap.commit + "\n").encode()
+    namespace = snap.namespace(
+        {
+            "revision": VirtualRef(lambda: revision),
+            "coverage.json": json_file(lambda: report),
+            STATS_FILE: stats,
+        }
+    )
+    explainer = await trio.to_thread.run_sync(snap.explainer)  # resolves the upstream roots' real paths
+    log_coverage(report, config)
+    return MountTree(namespace, explainer.explain, report, snap.commit, snap.videos, snap)
+
+
+async def _read_catalog(
+    config: Config, catalogs: CatalogDir, commit: str, client: HubClient | None
+) -> CatalogData:
+    """The catalog of ``commit``, read whole; a first mount without ``index`` lists the repo and saves it."""
     if catalogs.exists(commit):
         try:
             return await trio.to_thread.run_sync(catalogs.read, commit)
@@ -188,13 +269,22 @@ async def serve(config: Config, mountpoint: Path, *, max_tasks: int = MAX_FUSE_T
         if not config.hub.offline:
             token = await resolve_token(config)
             client = await stack.enter_async_context(open_client(config, token))
-        catalog = await load_catalog(config, layout, client)
-        plan = await prepare_mount(config, layout, catalog)  # upstream roots, coverage, .vfs/ reports
-        metrics = stack.enter_context(metrics_server(config, commit=catalog.commit))  # binds [metrics] port
+        core_box: list[FsCore] = []
+        reporter_box: list[MissReporter] = []
+        stats_ref = json_file(
+            lambda: {**live_stats(core_box[0], cache, client), "missing": reporter_box[0].snapshot()},
+            dynamic=True,
+        )
+        tree = await load_tree(config, layout, client, stats=stats_ref)
+        if tree.snapshot is not None:
+            stack.callback(tree.snapshot.close)
+        reporter = MissReporter(tree.explain)
+        reporter_box.append(reporter)
+        metrics = stack.enter_context(metrics_server(config, commit=tree.commit))  # binds [metrics] port
         async with trio.open_nursery() as nursery:
             fetches: trio.Nursery = await nursery.start(_fetch_nursery)
             sources = Sources(
-                commit=catalog.commit,
+                commit=tree.commit,
                 cache=cache,
                 index_dir=layout.index,
                 block_size=config.cache.block_size_bytes,
@@ -204,22 +294,11 @@ async def serve(config: Config, mountpoint: Path, *, max_tasks: int = MAX_FUSE_T
                 # one blocking pread per reader whose bytes are not in memory: as many as dataloaders read
                 disk_threads=DISK_THREADS,
             )
-            core_box: list[FsCore] = []
-            stats_ref = json_file(
-                lambda: {**live_stats(core_box[0], cache, client), "missing": plan.reporter.snapshot()},
-                dynamic=True,
-            )
-            namespace = build_view(
-                catalog,
-                views=config.mount.views,
-                extra_files={"stats.json": stats_ref},
-                availability=plan.availability,
-                entries=plan.entries,
-            )
-            core = FsCore(namespace, sources, on_miss=plan.reporter.on_miss)
+            namespace = tree.namespace
+            core = FsCore(namespace, sources, on_miss=reporter.on_miss)
             core_box.append(core)
             if metrics is not None:
-                report = plan.report
+                report = tree.report
                 metrics.attach(
                     core=core, cache=cache, client=client, sources=sources, coverage=lambda: report
                 )
@@ -229,6 +308,7 @@ async def serve(config: Config, mountpoint: Path, *, max_tasks: int = MAX_FUSE_T
                 attr_timeout_s=config.mount.attr_timeout_s,
                 negative_timeout_s=config.mount.negative_timeout_s,
                 mtime_ns=time.time_ns(),
+                xattrs=config.mount.xattrs,
             )
             options = set(pyfuse3.default_options)
             options |= {"fsname=llava-vfs", "subtype=llava-vfs", "ro"}
@@ -244,10 +324,10 @@ async def serve(config: Config, mountpoint: Path, *, max_tasks: int = MAX_FUSE_T
             try:
                 tune_kernel(mountpoint)
                 nursery.start_soon(_terminate_on_signal, fetches.cancel_scope)
-                nursery.start_soon(plan.reporter.run)
+                nursery.start_soon(reporter.run)
                 print(
-                    f"llava-vfs: serving {config.hub.repo}@{catalog.commit[:12]} at {mountpoint} "
-                    f"({namespace.file_count} files, {len(catalog.members)} videos)",
+                    f"llava-vfs: serving {config.hub.repo}@{tree.commit[:12]} at {mountpoint} "
+                    f"({namespace.file_count} files, {tree.videos} videos)",
                     flush=True,
                 )
                 sd_notify("READY=1")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 ROOT_INO = 1
 
@@ -39,6 +40,26 @@ class Node:
         return self.children is not None
 
 
+class NamespaceView(Protocol):
+    """What ``FsCore`` and the adapter need of a tree: this in-memory ``Namespace``, or the lazily loaded
+    ``vfs.snapshot.SnapshotNamespace`` a mount of the full dataset serves from."""
+
+    file_count: int
+    total_bytes: int
+
+    def __len__(self) -> int: ...
+
+    def get(self, ino: int) -> Node | None: ...
+
+    def child(self, parent: Node, name: str) -> Node | None: ...
+
+    def entries(self, node: Node, start: int) -> Iterator[tuple[str, Node, int]]: ...
+
+    def ref_of(self, node: Node) -> object | None: ...
+
+    def path_of(self, node: Node) -> str: ...
+
+
 class Namespace:
     """Read-only view of the tree built by ``NamespaceBuilder``."""
 
@@ -50,6 +71,10 @@ class Namespace:
 
     def __len__(self) -> int:
         return len(self._nodes) - 1
+
+    def nodes(self) -> Iterator[Node]:
+        """Every node in inode order (what a mount snapshot persists)."""
+        return (n for n in self._nodes if n is not None)
 
     def get(self, ino: int) -> Node | None:
         if 0 < ino < len(self._nodes):
@@ -78,6 +103,17 @@ class Namespace:
         if node._sorted is None:
             node._sorted = sorted(node.children)
         return node._sorted
+
+    def entries(self, node: Node, start: int) -> Iterator[tuple[str, Node, int]]:
+        """Children from offset ``start`` in sorted order, each with the offset of the next one."""
+        names = self.sorted_names(node)
+        for pos in range(start, len(names)):
+            child = self.child(node, names[pos])
+            assert child is not None
+            yield names[pos], child, pos + 1
+
+    def ref_of(self, node: Node) -> object | None:
+        return node.ref
 
     def path_of(self, node: Node) -> str:
         parts: list[str] = []

@@ -33,10 +33,10 @@ from vfs.catalog.annotations import AnnotationError, annotation_kind, iter_video
 from vfs.catalog.catalog import CatalogData, CatalogDir, ShardInfo, WantedRow
 from vfs.catalog.shard_index import CorruptShard, ShardIndex, build_shard_index
 from vfs.config import Config
-from vfs.coverage import index_artifacts
 from vfs.errors import ConfigError, FetchError, IntegrityError, VfsError, exception_leaves
 from vfs.hub.client import HubClient, RepoFile
 from vfs.layout import CacheLayout
+from vfs.snapshot import index_artifacts
 from vfs.sources.opener import index_path
 from vfs.sources.refs import HubFileRef, MemberRef
 
@@ -370,7 +370,8 @@ async def index_async(config: Config, *, jobs: int, progress: bool, refresh: boo
     await trio.to_thread.run_sync(catalogs.write, data)
     await trio.to_thread.run_sync(catalogs.pin, config.hub.revision, data.commit)
     await share.publish_catalog(catalogs, data.commit, config.hub.revision)
-    await trio.to_thread.run_sync(index_artifacts, config, layout, data)  # .vfs/available/ files
+    # .vfs/available/ files and the mount snapshot, so the first mount starts fast
+    await trio.to_thread.run_sync(index_artifacts, config, layout, data)
     return report
 
 

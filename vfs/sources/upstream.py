@@ -242,6 +242,15 @@ class Resolution:
     escaped: dict[str, str] = field(default_factory=dict)  # wanted path -> the refused real path
     escaped_by_rule: Counter[str] = field(default_factory=Counter)
     stats_calls: int = 0
+    # every directory listed (or found absent), by real path, with its mtime (None: absent): a mount snapshot
+    # built from this resolution stays valid while these are unchanged (vfs.snapshot)
+    listed: dict[str, int | None] = field(default_factory=dict)
+
+    def note_listed(self, real_dir: str) -> None:
+        try:
+            self.listed[real_dir] = os.stat(real_dir).st_mtime_ns
+        except OSError:
+            self.listed[real_dir] = None
 
     def found(self, path: str) -> UpstreamFile | UpstreamDir | None:
         return self.files.get(path) or self.dirs.get(path) or self.extras.get(path)
@@ -275,6 +284,7 @@ class _Scanner:
         result: _Listing | None = None
         real_dir = os.path.realpath(os.path.join(self.rule.root_real, rel_dir))
         self.res.stats_calls += 1
+        self.res.note_listed(real_dir)  # before the listing: a change during it invalidates the snapshot
         try:
             with os.scandir(real_dir) as it:
                 # A directory outside the root is listed only to tell "refused" from "absent" in guidance.
@@ -357,6 +367,7 @@ class _Scanner:
         seen = 0
         while queue:
             rel, real_dir, level = queue.popleft()
+            self.res.note_listed(real_dir)
             try:
                 with os.scandir(real_dir) as it:
                     entries = sorted(it, key=lambda e: e.name)
