@@ -151,6 +151,7 @@ def test_every_documented_key_is_parsed(tmp_path: Path) -> None:
         entry_timeout_s=600.0,
         attr_timeout_s=600.0,
         negative_timeout_s=30.0,
+        xattrs=False,
     )
     assert config.metrics == MetricsConfig(port=9108, host="0.0.0.0")
 
@@ -172,7 +173,7 @@ def test_example_documents_every_field_with_a_default(tmp_path: Path) -> None:
         assert seen[name] == fields, name
     # One "Default" note per [hub]/[cache]/[mount]/[metrics] key (the three mount timeouts share one, and
     # so do the four hub retry/timeout keys), and the upstream keys other than the required ones.
-    assert len(re.findall(r"^# Defaults?:", EXAMPLE.read_text(), flags=re.M)) == 7 + 4 + 4 + 2
+    assert len(re.findall(r"^# Defaults?:", EXAMPLE.read_text(), flags=re.M)) == 7 + 4 + 5 + 2
     for known, prefix in KNOWN_UPSTREAMS.items():
         assert re.search(rf"^#\s+{known}\s+{re.escape(prefix)}\b", EXAMPLE.read_text(), flags=re.M)
 

@@ -149,6 +149,8 @@ class MountConfig:
     entry_timeout_s: float = 300.0
     attr_timeout_s: float = 300.0
     negative_timeout_s: float = 60.0
+    # False answers getxattr/listxattr with ENOSYS, after which the kernel never asks the daemon again.
+    xattrs: bool = True
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -265,7 +267,15 @@ _HUB_KEYS = (
 )
 _CACHE_KEYS = ("dir", "max_size", "block_size", "shared_dir")
 _UPSTREAM_KEYS = ("name", "prefix", "root", "pattern", "prefer")
-_MOUNT_KEYS = ("allow_other", "views", "exclude", "entry_timeout_s", "attr_timeout_s", "negative_timeout_s")
+_MOUNT_KEYS = (
+    "allow_other",
+    "views",
+    "exclude",
+    "entry_timeout_s",
+    "attr_timeout_s",
+    "negative_timeout_s",
+    "xattrs",
+)
 _METRICS_KEYS = ("port", "host")
 _SECTION_KEYS = {
     "hub": _HUB_KEYS,
@@ -623,6 +633,7 @@ def _parse_mount(raw: object) -> MountConfig:
         entry_timeout_s=t.seconds("entry_timeout_s", _MOUNT_DEFAULTS.entry_timeout_s),
         attr_timeout_s=t.seconds("attr_timeout_s", _MOUNT_DEFAULTS.attr_timeout_s),
         negative_timeout_s=t.seconds("negative_timeout_s", _MOUNT_DEFAULTS.negative_timeout_s),
+        xattrs=t.boolean("xattrs", _MOUNT_DEFAULTS.xattrs),
     )
 
 

@@ -8,6 +8,12 @@ mount down). Cancellation passes through.
 Kernel caching: immutable content, so files are opened with ``keep_cache`` and entries and attributes
 carry long timeouts; a lookup miss returns a *negative entry* (inode 0 with an entry timeout) so the
 kernel answers repeated misses itself instead of asking the daemon every time.
+
+Extended attributes are never cached by the kernel, and each daemon round trip costs ~150 us of pyfuse3
+and trio overhead, so the answers are chosen for what callers cache: names outside the ``user.``
+namespace (``security.selinux``, ``system.posix_acl_*``, which ``ls -l`` asks of every entry) are
+EOPNOTSUPP, which GNU ls remembers per device; with ``[mount] xattrs = false`` getxattr and listxattr
+answer ENOSYS once and the kernel answers every later call itself.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import logging
 import os
 import stat
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pyfuse3
 
@@ -83,6 +89,7 @@ class Operations(pyfuse3.Operations):
         attr_timeout_s: float = 300.0,
         negative_timeout_s: float = 60.0,
         mtime_ns: int = 0,
+        xattrs: bool = True,
     ) -> None:
         super().__init__()
         self.core = core
@@ -90,6 +97,7 @@ class Operations(pyfuse3.Operations):
         self._attr_timeout = attr_timeout_s
         self._negative_timeout = negative_timeout_s
         self._mtime_ns = mtime_ns
+        self._xattrs = xattrs
         self._uid = os.getuid()
         self._gid = os.getgid()
 
@@ -175,9 +183,23 @@ class Operations(pyfuse3.Operations):
         self.core.node(inode)
         return not (mode & os.W_OK)
 
+    def _xattrs_off(self) -> NoReturn:
+        # ENOSYS makes the kernel set no_getxattr/no_listxattr for this mount: every later call fails with
+        # EOPNOTSUPP in the kernel itself, so this runs once per mount and operation.
+        self.core.record_error(errno.ENOSYS)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
+
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        # `ls -l` asks every entry for security.selinux (and ACL names), and the kernel does not cache
-        # the answer: refuse names we never have before any logging or bookkeeping.
+        if not self._xattrs:
+            self._xattrs_off()
+        # `ls -l` asks every entry for security.selinux and system.posix_acl_access, the kernel caches
+        # neither answer, and each round trip costs ~150 us of pyfuse3/trio overhead. EOPNOTSUPP (this
+        # namespace is not supported) rather than ENODATA (supported, absent): GNU ls then remembers the
+        # device as unsupported and stops asking for the rest of the listing, while the kernel, which only
+        # gives up on ENOSYS, keeps passing `user.vfs.*` through.
+        if not name.startswith(b"user."):
+            self.core.record_error(errno.EOPNOTSUPP)
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         if not name.startswith(b"user.vfs."):
             raise pyfuse3.FUSEError(errno.ENODATA)
         return await self._getxattr(inode, name)
@@ -186,8 +208,13 @@ class Operations(pyfuse3.Operations):
     async def _getxattr(self, inode: int, name: bytes) -> bytes:
         return await self.core.getxattr(inode, os.fsdecode(name))
 
-    @_boundary
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        if not self._xattrs:
+            self._xattrs_off()
+        return await self._listxattr(inode)
+
+    @_boundary
+    async def _listxattr(self, inode: int) -> list[bytes]:
         return [n.encode() for n in self.core.listxattr(inode)]
 
     @_boundary

@@ -413,24 +413,12 @@ class SnapshotNamespace:
         if not node.is_dir:
             return
         listing = self._listing(node.ino)
-        for pos in range(start, len(listing)):
-            name = listing.names[pos]
-            ino = listing.inos[pos]
-            # readdirplus hands every entry's attributes to the kernel: transient nodes, not cached here
-            cached = self._nodes.get(ino)
-            yield (
-                name,
-                cached
-                or Node(
-                    ino,
-                    node.ino,
-                    name,
-                    listing.sizes[pos],
-                    None,
-                    _LAZY_CHILDREN if listing.dirs[pos] else None,
-                ),
-                pos + 1,
-            )
+        names, inos, sizes, dirs = listing.names, listing.inos, listing.sizes, listing.dirs
+        parent = node.ino
+        # readdirplus hands every entry's attributes to the kernel: transient nodes, not cached here
+        for pos in range(start, len(names)):
+            children = _LAZY_CHILDREN if dirs[pos] else None
+            yield names[pos], Node(inos[pos], parent, names[pos], sizes[pos], None, children), pos + 1
 
     def ref_of(self, node: Node) -> object | None:
         if node.is_dir:
