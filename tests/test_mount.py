@@ -181,6 +181,12 @@ def test_misses_are_enoent_and_xattrs_say_source(tmp_path, small_hub) -> None:
         assert set(os.listxattr(mnt / "README.md")) == {"user.vfs.source", "user.vfs.cached"}
         stats = json.loads((mnt / ".vfs" / "stats.json").read_text())
         assert stats["opens"] >= 1 and "cache" in stats
+        # repeated misses are answered by the kernel (negative entries): the daemon sees the first only
+        for _ in range(50):
+            assert not (mnt / "academic_source" / "Charades" / "nope.mp4").exists()
+            assert not (mnt / "nope").exists()
+        again = json.loads((mnt / ".vfs" / "stats.json").read_text())
+        assert again["misses"] == stats["misses"] and again["lookups"] == stats["lookups"]
 
 
 def test_sigterm_with_reads_in_flight_unmounts_cleanly(tmp_path, small_repo, small_hub) -> None:
