@@ -136,8 +136,15 @@ def cmd_hub_emulator(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if not root.is_dir():
         raise ConfigError(f"--root {root} is not a directory", 3)
+    if args.cdn_bytes_per_s is not None and not args.cdn_bytes_per_s > 0:
+        raise ConfigError(f"--cdn-bytes-per-s must be positive, not {args.cdn_bytes_per_s}", 3)
     serve_forever(
-        root, args.repo, port=args.port, cdn_port=args.cdn_port, lfs_threshold_bytes=args.lfs_threshold
+        root,
+        args.repo,
+        port=args.port,
+        cdn_port=args.cdn_port,
+        lfs_threshold_bytes=args.lfs_threshold,
+        cdn_bytes_per_s=args.cdn_bytes_per_s,
     )
     return 0
 
@@ -207,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--cdn-port", type=int, default=0)
     p.add_argument("--lfs-threshold", type=int, default=10 * 2**20)
+    p.add_argument(
+        "--cdn-bytes-per-s",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="pace every CDN response to RATE bytes/s, like a CDN connection (default: unlimited)",
+    )
     p.set_defaults(func=cmd_hub_emulator)
     return parser
 

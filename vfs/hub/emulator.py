@@ -18,6 +18,13 @@ Invariants:
   so a fault's ``count`` is never spent on a request it could not affect.
 - One DEBUG log line per request and an INFO line per fired fault. Tokens and signed-URL query strings are
   never logged or recorded: records and log lines carry the URL path only.
+- Bandwidth knob: ``cdn_bytes_per_s`` (default None: unlimited) paces every CDN response body as a real
+  CDN limits one connection (the Hub's gives about 40-60 MB/s per connection). Each response has its own
+  budget, starting empty after the headers, so the body byte at offset ``k`` leaves no earlier than
+  ``(k + 1) / cdn_bytes_per_s`` seconds later: N bytes take at least N / rate. Concurrent responses (several
+  connections) each get the full rate; there is no shared cap. The hub origin is never paced.
+- ``html_directory_index`` (default off; benchmarks only, the real Hub has no such page): resolve URLs of
+  directories ending in ``/`` answer an HTML index page linking the children, for rclone's http backend.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import contextlib
 import fnmatch
 import hashlib
 import hmac
+import html
 import json
 import logging
 import math
@@ -54,7 +62,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, BinaryIO
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +91,10 @@ _IDLE_TIMEOUT_S = 300.0
 _EXPAND_PAGE_SIZE = 50  # the real Hub's page size for expanded tree listings
 _TRICKLE_DEFAULT_PIECE_BYTES = 4096
 _TRICKLE_DEFAULT_PAUSE_S = 0.01
+# A paced body goes out in pieces of about this many seconds of its rate: coarse enough that sleeping costs
+# little CPU (100 wake-ups a second per connection), fine enough that the rate is smooth at the client.
+_PACE_QUANTUM_S = 0.01
+_PACE_MIN_PIECE_BYTES = 16 * 1024
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
 
@@ -475,6 +487,29 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
 
 
+class _Pacer:
+    """One response's bandwidth budget: ``wait(n)`` blocks until ``n`` more bytes may leave.
+
+    The budget starts empty when the pacer is made (after the headers), so the byte at body offset ``k``
+    is released at ``t0 + (k + 1) / rate`` at the earliest: a body of N bytes cannot finish before
+    ``t0 + N / rate``. ``wait`` returns False when the emulator is stopping (the sleep is interrupted)."""
+
+    def __init__(self, bytes_per_s: float, stopping: threading.Event) -> None:
+        self.bytes_per_s = bytes_per_s
+        self.piece_bytes = max(_PACE_MIN_PIECE_BYTES, int(bytes_per_s * _PACE_QUANTUM_S))
+        self._stopping = stopping
+        self._t0_s = time.monotonic()
+        self._released_bytes = 0
+
+    def wait(self, n: int) -> bool:
+        self._released_bytes += n
+        due_s = self._t0_s + self._released_bytes / self.bytes_per_s
+        while (delay_s := due_s - time.monotonic()) > 0:
+            if self._stopping.wait(delay_s):
+                return False
+        return True
+
+
 class _Server(ThreadingHTTPServer):
     """One listener. Tracks its connections and handler threads so ``stop`` ends them all promptly."""
 
@@ -661,24 +696,40 @@ class _Handler(BaseHTTPRequestHandler):
                 out.bytes_sent += len(resp.body)
                 self.wfile.write(resp.body)
             return
-        self._send_file(emu, resp.file_body, body_fault, out)
+        rate = emu.cdn_bytes_per_s if origin == "cdn" else None
+        pacer = _Pacer(rate, emu._stopping) if rate else None
+        self._send_file(emu, resp.file_body, body_fault, out, pacer)
 
-    def _send_file(self, emu: HubEmulator, fb: _FileBody, fault: Fault | None, out: _LiveRecord) -> None:
+    def _send_file(
+        self, emu: HubEmulator, fb: _FileBody, fault: Fault | None, out: _LiveRecord, pacer: _Pacer | None
+    ) -> None:
         if fb.length == 0:
             return
         with open(fb.disk_path, "rb") as f:
             kind = fault.kind if fault is not None else None
             if fault is None or kind in ("ignore_range", "wrong_range"):
-                self._sendfile(f, fb.start, fb.length, out)
+                if pacer is None:
+                    self._sendfile(f, fb.start, fb.length, out)
+                    return
+                done = 0
+                while done < fb.length:
+                    n = min(pacer.piece_bytes, fb.length - done)
+                    if not pacer.wait(n):  # stopping: end the connection rather than finish the body
+                        self.close_connection = True
+                        return
+                    self._sendfile(f, fb.start + done, n, out)
+                    done += n
             elif fault.kind == "flip_byte":
-                self._copy(f, fb.start, fb.length, out, flip_at=min(fault.after_bytes, fb.length - 1))
+                self._copy(
+                    f, fb.start, fb.length, out, flip_at=min(fault.after_bytes, fb.length - 1), pacer=pacer
+                )
             elif fault.kind == "trickle":
                 piece_bytes = fault.after_bytes or _TRICKLE_DEFAULT_PIECE_BYTES
                 pause_s = fault.delay_s or _TRICKLE_DEFAULT_PAUSE_S
                 done = 0
                 while done < fb.length and not emu._stopping.is_set():
                     n = min(piece_bytes, fb.length - done)
-                    self._copy(f, fb.start + done, n, out)
+                    self._copy(f, fb.start + done, n, out, pacer=pacer)
                     done += n
                     if done < fb.length:
                         emu._stopping.wait(pause_s)
@@ -686,7 +737,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
             else:  # stall, truncate, reset: the body stays incomplete
                 n = min(fault.after_bytes, fb.length - 1)
-                self._copy(f, fb.start, n, out)
+                self._copy(f, fb.start, n, out, pacer=pacer)
                 if fault.kind == "reset":
                     self._reset_connection()
                     return
@@ -721,14 +772,24 @@ class _Handler(BaseHTTPRequestHandler):
             out.bytes_sent -= remaining
 
     def _copy(
-        self, f: BinaryIO, start: int, length: int, out: _LiveRecord, flip_at: int | None = None
+        self,
+        f: BinaryIO,
+        start: int,
+        length: int,
+        out: _LiveRecord,
+        flip_at: int | None = None,
+        pacer: _Pacer | None = None,
     ) -> None:
         f.seek(start)
         done = 0
+        piece_bytes = pacer.piece_bytes if pacer is not None else _COPY_CHUNK_BYTES
         while done < length:
-            chunk = f.read(min(_COPY_CHUNK_BYTES, length - done))
+            chunk = f.read(min(piece_bytes, length - done))
             if not chunk:
                 raise OSError(f"{f.name} is shorter than when it was committed")
+            if pacer is not None and not pacer.wait(len(chunk)):
+                self.close_connection = True
+                return
             if flip_at is not None and done <= flip_at < done + len(chunk):
                 mutable = bytearray(chunk)
                 mutable[flip_at - done] ^= 0xFF
@@ -782,12 +843,20 @@ def _reshape_for_fault(fault: Fault, resp: _Response) -> _Response:
 class HubEmulator:
     """A dataset repo served over HTTP from local directories, with fault knobs (see the module docstring).
 
-    ``required_token``, ``gated``, ``signed_url_ttl_s`` and ``tree_page_size`` may be changed while running.
+    ``required_token``, ``gated``, ``signed_url_ttl_s``, ``tree_page_size`` and ``cdn_bytes_per_s`` may be
+    changed while running (a new ``cdn_bytes_per_s`` applies to responses that start afterwards).
     Access model: ``required_token`` alone makes the repo private (no token: 401 ``RepoNotFound``; another
     token: 404 ``RepoNotFound``). ``gated`` keeps metadata (info, tree, paths-info) public but gates file
     downloads: no token, 401 ``GatedRepo``; a token other than ``required_token`` (when one is set), 403
     ``GatedRepo``; without ``required_token`` any token is approved (an "auto" gate).
 
+    ``cdn_bytes_per_s`` limits each CDN response body to that rate, as a CDN limits one connection (None:
+    unlimited, the default); see the module docstring. Benchmarks use it so that "the network" is not free.
+    ``html_directory_index`` (off by default) is a bench-only convenience the real Hub does not offer: a GET
+    of ``/datasets/{repo}/resolve/{rev}/{dir}/`` (trailing slash) answers a web server's HTML index page
+    of the directory's children, so that rclone's http backend, which lists directories only by parsing
+    such pages, can mount a resolve URL and read the same bytes (files still resolve, and LFS files
+    redirect to the CDN, as usual).
     ``seed`` seeds the RNG behind ``Fault.probability``. ``max_records`` bounds the request log (oldest
     dropped; None keeps all); ``bytes_sent`` and ``request_count`` count the retained records.
     Signed CDN URLs carry ``Expires`` in whole epoch seconds like the real CDN, but expire at the exact
@@ -808,11 +877,17 @@ class HubEmulator:
         cdn_port: int = 0,
         seed: int = 0,
         max_records: int | None = 1_000_000,
+        cdn_bytes_per_s: float | None = None,
+        html_directory_index: bool = False,
     ) -> None:
         if repo_id.count("/") != 1 or not all(repo_id.split("/")):
             raise ValueError(f"repo_id must look like 'namespace/name', not {repo_id!r}")
         if tree_page_size < 1:
             raise ValueError("tree_page_size must be at least 1")
+        if cdn_bytes_per_s is not None and not cdn_bytes_per_s > 0:
+            raise ValueError(f"cdn_bytes_per_s must be positive (or None: unlimited), not {cdn_bytes_per_s}")
+        self.cdn_bytes_per_s = cdn_bytes_per_s
+        self.html_directory_index = html_directory_index
         self.repo_id = repo_id
         self.lfs_threshold_bytes = lfs_threshold_bytes
         self.signed_url_ttl_s = signed_url_ttl_s
@@ -1233,6 +1308,10 @@ class HubEmulator:
             return resp
         entry = commit.entries.get(path)
         commit_header = ("X-Repo-Commit", commit.sha)
+        if self.html_directory_index and (path == "" or path.endswith("/")):
+            listed = self._html_index(commit, path.strip("/"), commit_header)
+            if listed is not None:
+                return listed
         if entry is None or entry.blob is None:
             resp = _hub_error(404, "EntryNotFound", f'{path} does not exist on "{revision}"', [commit_header])
             resp.file = path or None
@@ -1258,6 +1337,25 @@ class HubEmulator:
             [commit_header, ("ETag", f'"{blob.oid}"'), ("Content-Type", "application/octet-stream")],
             file=path,
         )
+
+    def _html_index(
+        self, commit: _Commit, directory: str, commit_header: tuple[str, str]
+    ) -> _Response | None:
+        """A web server's directory index page for ``directory`` (None if it is not one): one relative link
+        per child, sub-directories ending in ``/``. Bench-only (``html_directory_index``)."""
+        if directory and (directory not in commit.entries or not commit.entries[directory].is_dir):
+            return None
+        links = []
+        for child in commit.children.get(directory, []):
+            name = child.path.rsplit("/", 1)[-1] + ("/" if child.is_dir else "")
+            links.append(f'<li><a href="{quote(name)}">{html.escape(name)}</a></li>')
+        title = html.escape(f"Index of /{directory}")
+        body = (
+            f"<!DOCTYPE html>\n<html><head><title>{title}</title></head><body><h1>{title}</h1><ul>\n"
+            + "\n".join(links)
+            + "\n</ul></body></html>\n"
+        )
+        return _Response(200, [("Content-Type", "text/html; charset=utf-8"), commit_header], body.encode())
 
     def _info(
         self, repo: str, revision: str | None, params: dict[str, str], token: str | None, has_auth: bool
@@ -1551,6 +1649,7 @@ def serve_forever(
     cdn_port: int,
     lfs_threshold_bytes: int,
     host: str = "127.0.0.1",
+    cdn_bytes_per_s: float | None = None,
 ) -> None:
     """Commit ``root``, serve it, print one ready line, and block until SIGINT or SIGTERM; then stop cleanly.
 
@@ -1567,6 +1666,7 @@ def serve_forever(
         port=port,
         cdn_port=cdn_port,
         max_records=10_000,
+        cdn_bytes_per_s=cdn_bytes_per_s,
     )
     sha = emulator.commit(Path(root))
     stop_requested = threading.Event()

@@ -1,8 +1,10 @@
 """Shard members: one video inside a ``.tar.gz`` shard, fetched whole on first open.
 
 decord reads the whole file on open and re-reads it 3-7 times, so the unit of caching is the whole
-member. The fetch is one ranged GET of the compressed bytes between the member's checkpoint and the
-end of the member (``ShardIndex.fetch_range``), inflated as it streams in, written to a cache temp file,
+member. The fetch reads the compressed bytes between the member's checkpoint and the end of the member
+(``ShardIndex.fetch_range``): one ranged GET, or for a range of ``PARALLEL_MIN_BYTES`` or more several
+concurrent GETs of consecutive, disjoint parts (``part_bounds``; their number adapts to whether the network
+keeps up), handed on in order. The bytes are inflated as they stream in, written to a cache temp file,
 verified (exact length and the sha256 recorded at index time) and only then published. Nothing is
 served before that, so a failed or corrupt fetch is EIO, never partial bytes. A corrupt answer (for
 example a flipped byte) is retried a few times before giving up.
@@ -11,6 +13,7 @@ example a flipped byte) is retried a few times before giving up.
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
@@ -61,7 +64,8 @@ async def _fetch_once(
     start: int,
     end: int,
 ) -> None:
-    extractor = MemberExtractor(index, member)
+    # Construction reads and inflates the checkpoint's window from the index file: off the trio thread.
+    extractor = await trio.to_thread.run_sync(MemberExtractor, index, member, limiter=sources.cpu_limiter)
     # extractor.finish() verifies the member's sha256 before writer.commit(): no second hash pass
     writer = sources.cache.writer(ref.cache_key, size=ref.size, sha256=ref.sha256, prehashed=True)
     await trio.to_thread.run_sync(writer.__enter__, limiter=sources.disk_limiter)
@@ -104,44 +108,100 @@ def _typed(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 # Chunks (about 1 MiB each) the download may run ahead of inflation.
 PIPELINE_CHUNKS = 8
-# A range at least this long is fetched as several concurrent ranged GETs of PART_BYTES or more: one CDN
-# connection gives 40-60 MB/s, so a large member needs several to fill the link (CRAFT.md). Parts are
-# handed on in order, so inflation stays sequential from the member's checkpoint.
-PARALLEL_MIN_BYTES = 16 << 20
-PART_BYTES = 8 << 20
-MAX_PARALLEL_PARTS = 4
-HANDOFF_BYTES = 1 << 20
+# Parallel ranges. One CDN connection gives 40-60 MB/s (CRAFT.md) while the pipeline behind it (inflate,
+# sha256, write) runs at about 100+ MB/s, so a range of PARALLEL_MIN_BYTES or more is cut into consecutive,
+# disjoint parts (no byte is asked for twice: amplification stays that of one range) fetched concurrently
+# and handed on in order, so inflation stays sequential from the member's checkpoint. The head part streams
+# straight into the pipeline; later parts buffer in memory until their turn.
+PARALLEL_MIN_BYTES = 4 << 20
+PART_MIN_BYTES = 2 << 20  # a part is at least this long (fewer parts for a shorter range)...
+PART_MAX_BYTES = 8 << 20  # ...and at most this long (more parts for a longer one)
+# Parts started and not yet handed on: bounds the memory of one fetch to MAX_BUFFERED_PARTS x PART_MAX_BYTES.
+MAX_BUFFERED_PARTS = 4
+# Adaptive: a fetch starts with START_CONNECTIONS concurrent parts and doubles them (up to MAX_CONNECTIONS)
+# each time the pipeline behind it (inflate, hash, write) sat idle waiting for bytes, i.e. when the network
+# is what holds it back. On a link faster than the pipeline it never waits and no connection is added;
+# starting with a few rather than opening them all at once also spares a CDN that drops bursts.
+START_CONNECTIONS = 2
+MAX_CONNECTIONS = 4
+
+
+def part_bounds(start: int, end: int) -> list[int]:
+    """Offsets cutting ``[start, end)`` into the parts fetched concurrently: ``[bounds[i], bounds[i+1])``.
+    ``[start, end]`` (one part) below ``PARALLEL_MIN_BYTES``; else enough parts to use ``MAX_CONNECTIONS``
+    when each can be ``PART_MIN_BYTES`` long, and none longer than ``PART_MAX_BYTES``."""
+    size = end - start
+    if size < PARALLEL_MIN_BYTES:
+        return [start, end]
+    parts = max(2, -(-size // PART_MAX_BYTES), min(MAX_CONNECTIONS, size // PART_MIN_BYTES))
+    return [start + size * i // parts for i in range(parts + 1)]
 
 
 async def _download(client, commit: str, path: str, start: int, end: int, send) -> None:  # type: ignore[no-untyped-def]
     """Send the bytes of ``[start, end)`` of ``path`` in order on ``send``; several ranges when large."""
     async with send:
-        if end - start < PARALLEL_MIN_BYTES:
+        bounds = part_bounds(start, end)
+        if len(bounds) == 2:
             # aclosing: a failure downstream stops the loop early; the stream gives back its connection now.
             async with aclosing(client.stream_range(commit, path, start, end)) as chunks:
                 async for chunk in chunks:
                     await send.send(chunk)
             return
-        parts = max(2, min(-(-(end - start) // PART_BYTES), 256))
-        bounds = [start + (end - start) * i // parts for i in range(parts + 1)]
-        results: list[bytes] = [b""] * parts
-        done = [trio.Event() for _ in range(parts)]
-        window = trio.Semaphore(MAX_PARALLEL_PARTS)  # parts in flight, or fetched and not yet handed on
+        await _download_parts(client, commit, path, bounds, send)
 
-        async def fetch_part(i: int) -> None:
-            results[i] = await client.read_range(commit, path, bounds[i], bounds[i + 1])
-            done[i].set()
 
-        async def start_parts(nursery: trio.Nursery) -> None:
-            for i in range(parts):
-                await window.acquire()
-                nursery.start_soon(fetch_part, i)
+async def _download_parts(client, commit: str, path: str, bounds: list[int], send) -> None:  # type: ignore[no-untyped-def]
+    parts = len(bounds) - 1
+    # Unbounded per part, but a part is at most PART_MAX_BYTES and at most MAX_BUFFERED_PARTS are started
+    # and not yet handed on: a part never waits for the pipeline, so its connection never stalls.
+    channels = [trio.open_memory_channel[bytes](math.inf) for _ in range(parts)]
+    window = trio.Semaphore(MAX_BUFFERED_PARTS)
+    connections = trio.CapacityLimiter(START_CONNECTIONS)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(start_parts, nursery)
-            for i in range(parts):
-                await done[i].wait()
-                data, results[i] = results[i], b""
-                window.release()
-                for offset in range(0, len(data), HANDOFF_BYTES):
-                    await send.send(data[offset : offset + HANDOFF_BYTES])
+    async def fetch_part(i: int) -> None:
+        part_send = channels[i][0]
+        async with (
+            connections,
+            aclosing(client.stream_range(commit, path, bounds[i], bounds[i + 1])) as chunks,
+        ):
+            async for chunk in chunks:
+                part_send.send_nowait(chunk)
+        # Closed only when complete: a failed part raises into the nursery, which cancels the consumer
+        # rather than letting it take a short part for a whole one.
+        part_send.close()
+
+    async def start_parts(nursery: trio.Nursery) -> None:
+        for i in range(parts):
+            await window.acquire()  # in order, so the parts in flight are always the next ones needed
+            nursery.start_soon(fetch_part, i)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(start_parts, nursery)
+        got_bytes = False
+        for i in range(parts):
+            receive = channels[i][1]
+            while True:
+                try:
+                    chunk = receive.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        chunk = await receive.receive()
+                    except trio.EndOfChannel:
+                        break
+                    # We waited for bytes and so did the pipeline behind us: the network holds it back, so
+                    # twice the connections. (The wait for the very first bytes is latency, not bandwidth.)
+                    idle = send.statistics().tasks_waiting_receive > 0
+                    if got_bytes and idle and connections.total_tokens < MAX_CONNECTIONS:
+                        connections.total_tokens = min(MAX_CONNECTIONS, 2 * connections.total_tokens)
+                        log.debug(
+                            "%s [%d, %d): the network is behind, %d connections",
+                            path,
+                            bounds[0],
+                            bounds[-1],
+                            connections.total_tokens,
+                        )
+                except trio.EndOfChannel:
+                    break
+                got_bytes = True
+                await send.send(chunk)
+            window.release()
