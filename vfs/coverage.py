@@ -44,6 +44,7 @@ from typing import IO, TYPE_CHECKING
 from vfs.catalog.annotations import AnnotationError, malformed_hint, normalise_video_path, write_filtered
 from vfs.catalog.catalog import CatalogData, CatalogDir, CatalogError, WantedRow
 from vfs.config import Config
+from vfs.durable import publish
 from vfs.errors import ConfigError
 from vfs.guidance import (
     REASON_ESCAPES_ROOT,
@@ -567,17 +568,6 @@ def _tsv_field(text: str) -> str:
     return text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_missing_tsv(av: Availability, directory: Path) -> LocalFileRef:
     """Blocking: ``path<TAB>reason<TAB>guidance`` for every absent wanted path, sorted by path.
 
@@ -607,7 +597,7 @@ def write_missing_tsv(av: Availability, directory: Path) -> LocalFileRef:
                     miss = av.miss(path)
                     line = f"{_tsv_field(path)}\t{miss.reason}\t{_tsv_field(miss.guidance)}\n"
                     fh.write(line.encode("utf-8", "surrogateescape"))
-            _publish(tmp, final)
+            publish(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
     return LocalFileRef(str(final), final.stat().st_size)
@@ -668,7 +658,7 @@ def _filter_one(src: Path, final: Path, available: set[str], label: str) -> None
     try:
         with open(src, "rb") as fin, open(tmp, "wb") as fout:
             kept, dropped = write_filtered(fin, fout, keep, file_label=label)
-        _publish(tmp, final)
+        publish(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
     log.info("%s: filtered copy keeps %d records, drops %d", label, kept, dropped)

@@ -47,6 +47,7 @@ from cachetools import LRUCache
 from vfs.catalog.catalog import CatalogData, CatalogDir
 from vfs.config import Config
 from vfs.coverage import Availability, Explainer, MountPlan, PathFacts, plan_mount, prune_available
+from vfs.durable import publish
 from vfs.errors import IntegrityError
 from vfs.layout import CacheLayout
 from vfs.namespace import ROOT_INO, Namespace, Node
@@ -203,17 +204,7 @@ def write_snapshot(
         con.commit()
     finally:
         con.close()
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, dest)
-    dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    publish(tmp, dest)
     _prune(dest)
     return dest
 

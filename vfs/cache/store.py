@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from vfs.durable import fsync_dir
 from vfs.errors import ConfigError, FetchError, IntegrityError
 
 log = logging.getLogger(__name__)
@@ -193,14 +194,6 @@ def _sha256_of_prefix(fd: int, size: int) -> str:
         hasher.update(buf[:n])  # hashlib releases the GIL for large buffers: verifications run in parallel
         offset += n
     return hasher.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -694,7 +687,7 @@ class CacheStore:
             if exc.errno in _NO_SPACE_ERRNOS:
                 raise self._cache_full(key, exc) from exc
             raise
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         self._unlink_trash(trash)
         log.debug("cache: published %r (%d bytes) as %s", key, size, name)
 
@@ -705,7 +698,7 @@ class CacheStore:
                 os.mkdir(level, 0o700)
             except FileExistsError:
                 continue
-            _fsync_dir(level.parent)
+            fsync_dir(level.parent)
 
     def _cache_full(self, key: str, exc: OSError) -> CacheFull:
         now = time.monotonic()

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vfs.durable import publish, write_atomic
 from vfs.errors import IntegrityError
 from vfs.sources.refs import HubFileRef, MemberRef
 
@@ -101,7 +102,7 @@ class CatalogDir:
     def pin(self, revision: str, commit: str) -> None:
         pins = self.read_pins()
         pins[revision] = commit
-        _atomic_write(self.dir / "pins.json", json.dumps(pins, indent=1, sort_keys=True).encode())
+        write_atomic(self.dir / "pins.json", json.dumps(pins, indent=1, sort_keys=True).encode())
 
     def exists(self, commit: str) -> bool:
         return self.db_path(commit).exists()
@@ -147,13 +148,7 @@ class CatalogDir:
             con.commit()
         finally:
             con.close()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        publish(tmp, final)
         return final
 
     def read(self, commit: str) -> CatalogData:
@@ -196,22 +191,3 @@ def iter_wanted_paths(rows: Iterable[WantedRow]) -> Iterator[str]:
         if row.path not in seen:
             seen.add(row.path)
             yield row.path
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
