@@ -85,3 +85,13 @@ def indexed_demo_cache(tmp_path_factory: pytest.TempPathFactory, demo, _session_
     finally:
         logging.disable(logging.NOTSET)
     return work / "cache"
+
+
+@pytest.fixture
+def no_machine_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hub client passes token=None to huggingface_hub's lookup: keep a developer's own token out of
+    tests that talk to the emulator (``pytestmark = pytest.mark.usefixtures("no_machine_token")``)."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)

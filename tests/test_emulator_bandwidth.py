@@ -29,7 +29,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
-import huggingface_hub
 import numpy as np
 import pytest
 
@@ -57,10 +56,7 @@ CONTENT = {
 }
 
 
-@pytest.fixture(autouse=True)
-def no_machine_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)
+pytestmark = pytest.mark.usefixtures("no_machine_token")
 
 
 @pytest.fixture(scope="module")

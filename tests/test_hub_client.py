@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import aclosing
 from pathlib import Path
 
-import huggingface_hub.constants
 import pytest
 import trio
 
@@ -64,11 +63,7 @@ CONTENT = {
 }
 
 
-@pytest.fixture(autouse=True)
-def no_machine_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The client passes token=None to huggingface_hub's lookup: keep a developer's own token out of tests.
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)
+pytestmark = pytest.mark.usefixtures("no_machine_token")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
 from pathlib import Path
 
-import huggingface_hub
 import numpy as np
 import pytest
 import trio
@@ -83,10 +82,7 @@ def test_part_bounds_examples() -> None:
 # --- _download over the real client ------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def no_machine_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)
+pytestmark = pytest.mark.usefixtures("no_machine_token")
 
 
 @pytest.fixture(scope="module")
