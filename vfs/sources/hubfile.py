@@ -4,7 +4,10 @@ A file is cut into blocks of ``block_size`` bytes. A block is fetched with one r
 its exact length, published to the cache under ``blk/<content id>/<block size>/<index>`` (the content id
 is the LFS sha256 or the git blob id, so a changed file never reuses an old block), and served from
 there. A file that fits in one block is also checked against the checksum the listing promised (sha256
-for LFS files, git blob sha1 for regular ones). Concurrent readers of one block share one fetch.
+for LFS files, git blob sha1 for regular ones). Concurrent readers of one block share one fetch. A reader
+going through a file in order gets the next ``READ_AHEAD_BLOCKS`` blocks fetched in the background
+(``Sources.read_ahead``, sharing the same single-flight keys), so several ranged GETs are in flight; a
+random reader fetches only the blocks it asks for.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ def check_whole_file(ref: HubFileRef, data: bytes) -> None:
         raise IntegrityError(f"{ref.path}: checksum does not match the Hub listing")
 
 
+# Blocks fetched ahead of a reader that reads a file in order (kernel readahead only ever asks for the next
+# few MiB): with several ranged GETs in flight, a CDN's per-connection pace no longer sets the throughput.
+READ_AHEAD_BLOCKS = 3
+
+
 class HubFileHandle:
     keep_cache = True
     direct_io = False
@@ -49,6 +57,21 @@ class HubFileHandle:
         # The kernel reads in 128 KiB-1 MiB requests, several per block: keep the last block so that
         # a sequential reader costs one cache lookup per block, not one per request.
         self._last: tuple[int, bytes] | None = None
+        self._next_block = 0  # the block a reader going in order asks for next
+        self._ahead_to = 0  # blocks below this were already asked for ahead of the reader
+
+    def _follow(self, first: int, last: int) -> None:
+        """Read ahead when this read continues the previous one (its block, or the next); not for random
+        reads, which would only fetch blocks nobody asked for."""
+        sequential = self._next_block - 1 <= first <= self._next_block
+        self._next_block = last + 1
+        if not sequential:
+            return
+        blocks = -(-self._ref.size // self._sources.block_size)
+        start, stop = max(last + 1, self._ahead_to), min(last + 1 + READ_AHEAD_BLOCKS, blocks)
+        if start < stop:
+            self._ahead_to = stop
+            self._sources.read_ahead(self._ref, range(start, stop))
 
     async def read(self, offset: int, size: int) -> bytes:
         ref, bs = self._ref, self._sources.block_size
@@ -56,6 +79,7 @@ class HubFileHandle:
         if offset >= end:
             return b""
         parts = []
+        self._follow(offset // bs, (end - 1) // bs)
         for index in range(offset // bs, (end - 1) // bs + 1):
             if self._last is not None and self._last[0] == index:
                 block = self._last[1]

@@ -8,6 +8,8 @@ and run in the daemon's service nursery.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 from pathlib import Path
@@ -17,7 +19,7 @@ import trio
 from cachetools import LRUCache
 
 from vfs.catalog.shard_index import ShardIndex
-from vfs.errors import FetchError
+from vfs.errors import FetchError, VfsError
 from vfs.metrics import FetchTimings
 from vfs.sources.base import BytesHandle, FdCache, FdHandle, Handle
 from vfs.sources.hubfile import HubFileHandle, block_key, fetch_block, read_cached_block
@@ -65,6 +67,7 @@ class Sources:
         self.disk_limiter = trio.CapacityLimiter(disk_threads)
         self.cpu_limiter = trio.CapacityLimiter(cpu_threads)
         self._flights: SingleFlight[object] = SingleFlight(nursery)
+        self._nursery = nursery
         self._indexes: LRUCache[str, ShardIndex] = LRUCache(maxsize=index_cache_entries)
 
     @property
@@ -108,6 +111,29 @@ class Sources:
         result = await self._flights.run(key, lambda: self._fetch_block(ref, index))
         assert isinstance(result, bytes)
         return result
+
+    def read_ahead(self, ref: HubFileRef, indexes: range) -> None:
+        """Fetch, in the background, the blocks a sequential reader of ``ref`` will ask for next: several
+        ranged GETs in flight instead of one at a time (a CDN paces each connection). Trio thread only."""
+        with contextlib.suppress(RuntimeError):  # the nursery is closed: shutting down
+            self._nursery.start_soon(self._read_ahead, ref, indexes)
+
+    async def _read_ahead(self, ref: HubFileRef, indexes: range) -> None:
+        for index in indexes:
+            if self.client is None and self.shared is None:
+                return
+            key = block_key(ref, self.block_size, index)
+            if await trio.to_thread.run_sync(self.cache.contains, key, limiter=self.disk_limiter):
+                continue
+            flight = ("blk", ref.content_id, self.block_size, index)  # the key hub_block's fetches share
+            self._flights.start(flight, functools.partial(self._fetch_ahead, ref, index))
+
+    async def _fetch_ahead(self, ref: HubFileRef, index: int) -> bytes:
+        try:
+            return await self._fetch_block(ref, index)
+        except VfsError as exc:  # nobody may be waiting: the reader fetches the block itself and sees it then
+            log.debug("read-ahead of %s block %d: %s", ref.path, index, exc)
+            raise
 
     async def _fetch_block(self, ref: HubFileRef, index: int) -> bytes:
         started_s = trio.current_time()

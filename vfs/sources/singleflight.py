@@ -62,6 +62,19 @@ class SingleFlight(Generic[T]):
             raise flight.error
         return flight.result  # type: ignore[return-value]
 
+    def start(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> bool:
+        """Start the work for ``key`` unless it is in flight already, and do not wait for it (read-ahead).
+        Its result is handed to whoever joins the flight meanwhile; a failure is dropped with it."""
+        if key in self._flights:
+            return False
+        flight: _Flight[T] = _Flight()
+        try:
+            self._nursery.start_soon(self._work, key, flight, work)
+        except RuntimeError:  # the nursery is closed: the daemon is shutting down
+            return False
+        self._flights[key] = flight
+        return True
+
     async def _work(self, key: Hashable, flight: _Flight[T], work: Callable[[], Awaitable[T]]) -> None:
         try:
             flight.result = await work()
