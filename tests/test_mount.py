@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,32 @@ def test_random_preads_are_byte_exact(tmp_path, small_repo, small_hub) -> None:
         finally:
             os.close(fd)
         assert (m.mountpoint / "big" / "empty.bin").read_bytes() == b""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the readahead window is a root-only sysfs knob")
+def test_reads_reach_the_daemon_in_large_requests(tmp_path, small_repo, small_hub) -> None:
+    """The mount's readahead window is raised once the kernel has processed INIT (which would cap an earlier
+    setting at 128 KiB), so a sequential reader's pages arrive in requests of up to 1 MiB."""
+    cfg = write_config(
+        tmp_path / "c.toml", endpoint=small_hub.endpoint, repo=REPO, cache_dir=tmp_path / "cache"
+    )
+    with Mount(cfg, tmp_path / "mnt") as m:
+        device = next(
+            line.split()[2]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if f" {m.mountpoint} " in line
+        )
+        deadline = time.monotonic() + 10
+        while Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() != "4096":
+            assert time.monotonic() < deadline, "the readahead window was never raised"
+            time.sleep(0.05)
+        blob = m.mountpoint / "big" / "blob.bin"
+        with open(blob, "rb", buffering=0) as f:
+            while f.read(64 * 1024):  # small reads by the reader; the kernel reads ahead in large requests
+                pass
+        stats = json.loads((m.mountpoint / ".vfs" / "stats.json").read_text())
+        assert stats["bytes_served"] >= blob.stat().st_size
+        assert stats["bytes_served"] / stats["reads"] > 256 * 1024  # 128 KiB requests without the fix
 
 
 def test_every_mutation_is_erofs(tmp_path, small_hub) -> None:
