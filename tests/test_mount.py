@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests.mounting import Mount, write_config
+from vfs.daemon import READ_AHEAD_KB
 from vfs.hub.emulator import HubEmulator
 
 pytestmark = pytest.mark.fuse
@@ -153,7 +154,7 @@ def test_reads_reach_the_daemon_in_large_requests(tmp_path, small_repo, small_hu
             if f" {m.mountpoint} " in line
         )
         deadline = time.monotonic() + 10
-        while Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() != "4096":
+        while Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() != str(READ_AHEAD_KB):
             assert time.monotonic() < deadline, "the readahead window was never raised"
             time.sleep(0.05)
         blob = m.mountpoint / "big" / "blob.bin"

@@ -341,13 +341,15 @@ async def serve(config: Config, mountpoint: Path, *, max_tasks: int = MAX_FUSE_T
         log.info("unmounted %s", mountpoint)
 
 
-# A readahead window of 4 MiB instead of the default 128 KiB: reads reach the daemon as requests of up to
-# 1 MiB (the max_pages limit) instead of 128 KiB, an eighth of the requests, several in flight, so a cache
-# file's disk reads overlap. Set after INIT (``_tune_once_initialised``), which caps it otherwise: measured
-# on 192 cached videos, 16 readers went from 0.42x to 0.69-0.76x native disk, one reader from 0.48x to
-# 0.65-0.82x. More background requests let several readers' readahead reach the daemon at once (needs
-# fusectl mounted at /sys/fs/fuse/connections). Both are root-only sysfs knobs.
-READ_AHEAD_KB = 4096
+# A readahead window of 1 MiB instead of the default 128 KiB: reads reach the daemon as requests of up to
+# 1 MiB (the max_pages limit) instead of 128 KiB, an eighth of the requests, so a cache file's disk reads are
+# large. Set after INIT (``_tune_once_initialised``), which caps it otherwise. Measured on this machine
+# (bench/RESULTS.md, A/B runs): against 128 KiB, 16 readers of cached videos went from 0.42x to 0.79x native
+# disk and 64 from 0.42x to 0.66x; 4 MiB did about as well with 16 readers but worse with 64 (0.53x), and
+# cost hot re-reads (0.47-0.61x against 0.60-0.65x at 1 MiB and 128 KiB). More background requests let
+# several readers' readahead reach the daemon at once (needs fusectl at /sys/fs/fuse/connections). Both
+# are root-only sysfs knobs.
+READ_AHEAD_KB = 1024
 MAX_BACKGROUND = 64
 
 
