@@ -136,6 +136,11 @@ class Sources:
             raise
 
     async def _fetch_block(self, ref: HubFileRef, index: int) -> bytes:
+        # Another flight (a read-ahead, another reader) may have published the block between the caller's
+        # cache miss and this flight's start: look again, inside the flight, so it is never fetched twice.
+        cached = await trio.to_thread.run_sync(read_cached_block, self, ref, index, limiter=self.disk_limiter)
+        if cached is not None:
+            return cached
         started_s = trio.current_time()
         if self.shared is not None:
             data = await self.shared.block(ref, self.block_size, index)
