@@ -63,14 +63,8 @@ async def test_the_collector_reads_live_counters(tmp_path: Path) -> None:
             "total": {"wanted": 10, "available": 7, "missing": 3},
             "by_directory": {"d1": {"wanted": 10}},
         }
-        collector = VfsCollector(
-            core=core,
-            cache=cache,
-            client=client,
-            sources=sources,
-            coverage=lambda: report,
-            info={"repo": REPO_ID},
-        )
+        collector = VfsCollector(info={"repo": REPO_ID})
+        collector.attach(core=core, cache=cache, client=client, sources=sources, coverage=lambda: report)
         before = render(collector)
         names = {f.name for f in text_string_to_metric_families(before)}
         assert names and all(n.startswith("llava_vfs_") for n in names), names

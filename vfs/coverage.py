@@ -274,31 +274,19 @@ class Availability(Explainer):
             reason=self.absent.get(path),
             shard=member.shard_path if member is not None else None,
             escaped=escaped,
-            unindexed=tuple(self._unindexed_for(rows or [])),
+            unindexed=tuple(self._unindexed_for(rows)) if rows else (),
         )
 
     def all_facts(self) -> Iterator[tuple[str, PathFacts]]:
         """The facts of every path that has some (what a mount snapshot persists), in path order."""
-        members = self.catalog.members
-        escaped = self.resolution.escaped
-        paths = {*self.wanted, *self.served, *self.dirs, *members, *escaped}
+        paths = {*self.wanted, *self.served, *self.dirs, *self.catalog.members, *self.resolution.escaped}
         for path in sorted(paths):
-            rows = self.wanted.get(path)
-            member = members.get(path)
-            yield (
-                path,
-                PathFacts(
-                    available=path in self.served or path in self.dirs,
-                    wanted=rows is not None,
-                    reason=self.absent.get(path),
-                    shard=member.shard_path if member is not None else None,
-                    escaped=escaped.get(path),
-                    unindexed=tuple(self._unindexed_for(rows)) if rows and self.unindexed_shards else (),
-                ),
-            )
+            facts = self.facts(path)
+            assert facts is not None  # every path of the set has some
+            yield path, facts
 
     def _unindexed_for(self, rows: list[WantedRow]) -> list[str]:
-        if not self.unindexed_shards:
+        if not self.unindexed_shards:  # the usual case: every shard indexed
             return []
         shards: list[str] = []
         for directory in dict.fromkeys(

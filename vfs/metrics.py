@@ -91,20 +91,11 @@ class FetchTimings:
 
 
 class VfsCollector:
-    """Reads the live counters at scrape time. Any argument may be None (that family is then omitted)."""
+    """Reads the live counters at scrape time. Any object not attached is None (its family is omitted)."""
 
-    def __init__(
-        self,
-        *,
-        core: FsCore | None = None,
-        cache: CacheStore | None = None,
-        client: HubClient | None = None,
-        sources: Sources | None = None,
-        coverage: Callable[[], dict[str, Any]] | None = None,
-        info: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, *, info: dict[str, str] | None = None) -> None:
         self._info = info or {}
-        self.attach(core=core, cache=cache, client=client, sources=sources, coverage=coverage)
+        self.attach()  # nothing live yet: ``attach`` points it at the daemon's objects once they exist
 
     def attach(
         self,

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import trio
 
-from vfs.catalog.catalog import CatalogData, CatalogDir, CatalogError
+from vfs.catalog.catalog import CatalogData, CatalogDir
 from vfs.config import Config
 from vfs.errors import ConfigError, VfsError
 from vfs.layout import CacheLayout
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SHA_LEN = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,25 +88,14 @@ def local_catalog(config: Config) -> CatalogData:
     ``ConfigError`` exit 4 when there is none (run ``llava-vfs index``), 3 when it is unreadable.
     """
     from vfs.cache.shared import restore_from_share
+    from vfs.coverage import load_catalog_offline
 
     catalogs = CatalogDir(CacheLayout(config.cache.dir).catalog, config.hub.repo)
-    revision = config.hub.revision
     try:
         restore_from_share(config, catalogs)
     except OSError as exc:  # a local problem writing the restored pin or catalog: say so, go on without
         log.warning("could not restore the catalog from the shared cache: %s", exc)
-    commit = (
-        revision if len(revision) == SHA_LEN and _is_hex(revision) else catalogs.read_pins().get(revision)
-    )
-    if commit is None or not catalogs.exists(commit):
-        raise ConfigError(
-            f"no catalog of {config.hub.repo}@{revision} in {config.cache.dir}: run `llava-vfs index` first",
-            4,
-        )
-    try:
-        return catalogs.read(commit)
-    except CatalogError as exc:
-        raise ConfigError(f"{exc}; run `llava-vfs index` again", 3) from None
+    return load_catalog_offline(config)
 
 
 def catalog_for_prefetch(config: Config, *, dry: bool, progress: bool) -> CatalogData:
@@ -129,10 +117,6 @@ def catalog_for_prefetch(config: Config, *, dry: bool, progress: bool) -> Catalo
     if run_index(config, progress=progress) != 0:
         print("llava-vfs prefetch: index reported errors; prefetching what it indexed", file=sys.stderr)
     return local_catalog(config)
-
-
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdef" for c in text)
 
 
 # -- selection -----------------------------------------------------------------------------------------

@@ -107,8 +107,9 @@ class Sources:
         data = await trio.to_thread.run_sync(read_cached_block, self, ref, index, limiter=self.disk_limiter)
         if data is not None:
             return data
-        key = ("blk", ref.content_id, self.block_size, index)
-        result = await self._flights.run(key, lambda: self._fetch_block(ref, index))
+        result = await self._flights.run(
+            block_key(ref, self.block_size, index), lambda: self._fetch_block(ref, index)
+        )
         assert isinstance(result, bytes)
         return result
 
@@ -122,11 +123,10 @@ class Sources:
         for index in indexes:
             if self.client is None and self.shared is None:
                 return
-            key = block_key(ref, self.block_size, index)
+            key = block_key(ref, self.block_size, index)  # the cache key, and the key its flight runs under
             if await trio.to_thread.run_sync(self.cache.contains, key, limiter=self.disk_limiter):
                 continue
-            flight = ("blk", ref.content_id, self.block_size, index)  # the key hub_block's fetches share
-            self._flights.start(flight, functools.partial(self._fetch_ahead, ref, index))
+            self._flights.start(key, functools.partial(self._fetch_ahead, ref, index))
 
     async def _fetch_ahead(self, ref: HubFileRef, index: int) -> bytes:
         try:
