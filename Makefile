@@ -1,30 +1,46 @@
-# `make test` and `make demo` install what they need on a fresh Debian machine (as root):
-# the FUSE packages, a virtualenv in .venv and the project with its test extras.
+# `make test` and `make demo` install what they need on a fresh Debian machine (as root): the FUSE
+# packages, a virtualenv in .venv, and the exact, hashed set of packages in requirements/*.lock.
+# `make lock` refreshes those locks to current releases (see requirements/README.md).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-APT_PKGS := fuse3 libfuse3-dev pkg-config
+BENCH_STAMP := $(VENV)/.bench-installed
+# systemd: only its systemd-analyze, with which a test verifies the shipped unit.
+APT_PKGS := fuse3 libfuse3-dev pkg-config systemd
+LOCKS := requirements
+# The resolver that writes the locks, itself pinned: a new uv must not change what `make lock` means.
+UV_VERSION := 0.13.9
+UV_VENV := .lock-tools
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet \
+	--custom-compile-command 'make lock'
 
-.PHONY: deps test demo lint soak bench clean
+.PHONY: deps test demo lint soak bench lock clean
 
 deps: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@if [ "$$(dpkg-query -W -f='$${Status}\n' $(APT_PKGS) 2>/dev/null | grep -c 'install ok installed')" -lt 3 ]; then \
+# Everything comes from the locks with --require-hashes, the installer and the build tools first, so no
+# new release anywhere can change a fresh install. pyfuse3 ships only an sdist: it is built with
+# --no-build-isolation against the pinned build tools instead of whatever an isolated build would fetch.
+# The venv is made anew when a lock changes, so nothing stale survives an update.
+$(STAMP): pyproject.toml $(LOCKS)/build.lock $(LOCKS)/test.lock
+	@if [ "$$(dpkg-query -W -f='$${Status}\n' $(APT_PKGS) 2>/dev/null | grep -c 'install ok installed')" -lt $(words $(APT_PKGS)) ]; then \
 	  echo "installing $(APT_PKGS)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS); \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS); \
 	fi
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PYTHON) -m venv --clear $(VENV)
+	$(PIP) install -q --require-hashes --no-deps -r $(LOCKS)/build.lock
+	$(PIP) install -q --require-hashes --no-deps --no-build-isolation -r $(LOCKS)/test.lock
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 lint: deps
 	$(PY) -m ruff check vfs tests bench mount.py
 	$(PY) -m mypy vfs
 
+# pytest's closing line ("N passed ...") is the last thing printed.
 test: deps lint
 	$(PY) -m pytest -q
 
@@ -34,18 +50,28 @@ soak: deps
 demo: deps
 	$(VENV)/bin/llava-vfs demo
 
-# `make bench` also installs the peers it measures against (rclone from Debian; ratarmount, matplotlib from PyPI).
-BENCH_STAMP := $(VENV)/.bench-installed
-
-$(BENCH_STAMP): pyproject.toml $(STAMP)
+# `make bench` also installs the peers it measures against (rclone from Debian; ratarmount, matplotlib
+# from the bench lock, which holds the test lock's versions and more).
+$(BENCH_STAMP): $(LOCKS)/bench.lock $(STAMP)
 	@if ! command -v rclone >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone; \
 	fi
-	$(PY) -m pip install -q -e '.[bench]'
+	$(PIP) install -q --require-hashes --no-deps --no-build-isolation -r $(LOCKS)/bench.lock
 	touch $(BENCH_STAMP)
 
 bench: deps $(BENCH_STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+# Resolve the newest releases that fit pyproject.toml's ranges. The bench lock is the superset and is
+# resolved first; the test and build locks are resolved under it, so all three agree on every version.
+lock:
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/python -m pip install -q uv==$(UV_VERSION)
+	$(UV_VENV)/bin/uv pip compile pyproject.toml $(LOCKS)/build.in --extra test --extra bench \
+	  $(LOCK_FLAGS) --upgrade -o $(LOCKS)/bench.lock
+	$(UV_VENV)/bin/uv pip compile pyproject.toml $(LOCKS)/build.in --extra test \
+	  -c $(LOCKS)/bench.lock $(LOCK_FLAGS) -o $(LOCKS)/test.lock
+	$(UV_VENV)/bin/uv pip compile $(LOCKS)/build.in -c $(LOCKS)/bench.lock $(LOCK_FLAGS) -o $(LOCKS)/build.lock
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(UV_VENV) build *.egg-info

@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import re
+import subprocess
+import sys
 import tarfile
 import time
 import zlib
@@ -26,6 +28,7 @@ from vfs.catalog.annotations import (
 )
 from vfs.demo.dataset import (
     DEFAULT_DIRECTORIES,
+    UNPACKED_DIR,
     DemoManifest,
     DemoSpec,
     build_demo_dataset,
@@ -86,8 +89,13 @@ def manifest(built: tuple[DemoManifest, float]) -> DemoManifest:
     return built[0]
 
 
-def repo_files(root: Path) -> dict[str, Path]:
+def all_files(root: Path) -> dict[str, Path]:
     return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def repo_files(root: Path) -> dict[str, Path]:
+    """What the Hub repo holds: every file but the clips the build keeps aside."""
+    return {path: p for path, p in all_files(root).items() if not path.startswith(UNPACKED_DIR + "/")}
 
 
 def all_records(manifest: DemoManifest) -> dict[str, list]:
@@ -298,8 +306,12 @@ def test_decord_reads_frames_of_a_generated_mp4(manifest: DemoManifest, tmp_path
 
 
 def test_mp4s_are_deterministic_and_seeded() -> None:
+    # Seeds 0-11 at the default size: with x264's assembly on, PyAV 18 gave 2-4 different outputs for
+    # some of these in ten encodes in one process.
+    for seed in range(12):
+        outputs = {make_mp4(seconds=2.0, width=96, height=64, fps=12, seed=seed) for _ in range(4)}
+        assert len(outputs) == 1, f"seed {seed}: {len(outputs)} different encodes"
     a = make_mp4(seconds=0.5, width=32, height=16, fps=8, seed=1)
-    assert a == make_mp4(seconds=0.5, width=32, height=16, fps=8, seed=1)
     assert a != make_mp4(seconds=0.5, width=32, height=16, fps=8, seed=2)
     assert a[4:8] == b"ftyp"
     with pytest.raises(ValueError):
@@ -390,17 +402,34 @@ def test_absent_and_duplicate_clips(manifest: DemoManifest) -> None:
 # --- determinism, manifest, refusals -----------------------------------------------------------------
 
 
-def test_a_second_build_is_byte_identical(manifest: DemoManifest, tmp_path: Path) -> None:
-    again = build_demo_dataset(tmp_path / "again")
-    first, second = repo_files(manifest.root), repo_files(again.root)
+def test_a_second_build_in_another_process_is_byte_identical(manifest: DemoManifest, tmp_path: Path) -> None:
+    again_root = tmp_path / "again"
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from vfs.demo.dataset import build_demo_dataset; "
+            "build_demo_dataset(Path(sys.argv[1])).save(sys.argv[2])",
+            str(again_root),
+            str(tmp_path / "again.json"),
+        ],
+        check=True,
+        timeout=240,
+    )
+    again = DemoManifest.load(tmp_path / "again.json")
+    first, second = all_files(manifest.root), all_files(again_root)
     assert list(first) == list(second)
+    assert any(path.startswith(UNPACKED_DIR + "/") for path in first), "the kept clips are compared too"
     for path in first:
         assert (
             hashlib.sha256(first[path].read_bytes()).digest()
             == hashlib.sha256(second[path].read_bytes()).digest()
         ), path
     assert (
-        again.videos == manifest.videos and again.shards == manifest.shards and again.dirty == manifest.dirty
+        again.videos == manifest.videos
+        and again.unpacked == manifest.unpacked
+        and again.shards == manifest.shards
+        and again.dirty == manifest.dirty
     )
 
 

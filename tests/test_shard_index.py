@@ -28,6 +28,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import av
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -43,6 +44,7 @@ from vfs.catalog.shard_index import (
     extract_member,
     normalize_member_path,
 )
+from vfs.demo.dataset import make_mp4
 from vfs.errors import IntegrityError
 
 MiB = 1024 * 1024
@@ -758,33 +760,14 @@ def test_property_every_member_round_trips(
     assert_extracts_all(index, gz, expected_members(entries))
 
 
-def _h264_mp4(seed: int, frames: int) -> bytes:
-    """A small real H.264 mp4 (PyAV + libx264): noisy moving content, so it does not compress."""
-    av = pytest.importorskip("av")
-    np = pytest.importorskip("numpy")
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-        stream.options = {"crf": "20"}
-        for i in range(frames):
-            image = np.roll(base, 3 * i, axis=1)
-            image[:: 8 + i % 3] = rng.integers(0, 256, image[:: 8 + i % 3].shape, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
-
-
 def test_real_h264_mp4_members(capsys: pytest.CaptureFixture[str]) -> None:
-    av = pytest.importorskip("av")
     frame_counts = {
         f"liwei_youtube_videos/videos/youtube_video_2024/ytb_{i:011d}.mp4": 24 + 8 * i for i in range(4)
     }
-    videos = {path: _h264_mp4(i, frames) for i, (path, frames) in enumerate(frame_counts.items())}
+    videos = {
+        path: make_mp4(seconds=frames / 24, width=160, height=120, fps=24, seed=i)
+        for i, (path, frames) in enumerate(frame_counts.items())
+    }
     gz = gzip_bytes(make_tar(list(videos.items())), 6)
     index = build(gz)
     ratios = assert_extracts_all(index, gz, videos)

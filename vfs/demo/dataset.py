@@ -8,8 +8,10 @@ record shapes, ``*_videos_K.tar.gz`` shards holding real H.264 mp4s at the annot
 return a ``DemoManifest`` that says what is where, so tests can assert on every byte.
 
 Invariants:
-- Deterministic: the same ``DemoSpec`` gives byte-identical files (fixed tar mtimes and owners, gzip
-  mtime 0 and no file name, x264 single-threaded, seeded content).
+- Deterministic with one install: the same ``DemoSpec`` gives byte-identical files in any process (fixed
+  tar mtimes and owners, gzip mtime 0 and no file name, seeded content, and x264 as ``make_mp4`` says).
+  Across PyAV/x264 versions the videos may differ, so a caller that needs a video's bytes again reads
+  them back (``video_bytes``) instead of encoding them again.
 - Every video's bytes differ (seeded content), except the one clip deliberately packed under two paths.
 - Nothing is written or cached outside ``root``; ``root`` must be empty or absent.
 - The dirt of the real dataset is reproduced on purpose and listed in the manifest: a youtube record
@@ -38,6 +40,7 @@ from typing import Any, BinaryIO, Final, cast
 
 __all__ = [
     "DEFAULT_DIRECTORIES",
+    "UNPACKED_DIR",
     "DemoManifest",
     "DemoShard",
     "DemoSpec",
@@ -76,6 +79,9 @@ _ANNOTATION_NAMES: Final[dict[str, tuple[str, ...]]] = {
 # Records per video in each kind of file: QA files repeat their videos.
 _RECORDS_PER_VIDEO: Final = {"cap": 1, "oe": 3, "mc": 2}
 LLAVA_HOUND_ANNOTATION: Final = "llava_hound/sharegptvideo_qa_255k_processed.json"
+# Where the build keeps the clips no shard holds, under the root: a hidden directory, which the Hub
+# emulator does not serve, so the repo stays as it is.
+UNPACKED_DIR: Final = ".unpacked"
 
 _TAR_MTIME: Final = 1_717_200_000  # 2024-06-01: fixed, so shards are byte-identical across builds
 _TAR_FORMATS: Final = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
@@ -133,8 +139,8 @@ class DemoSpec:
 
 @dataclass(frozen=True)
 class DemoVideo:
-    """One mp4: its annotation path, exact size and sha256, the shard holding it (None: no shard does),
-    and the seed that regenerates its bytes (``video_bytes``)."""
+    """One mp4: its annotation path, exact size and sha256, the shard holding it (None: no shard does, and
+    the build kept it under ``UNPACKED_DIR``), and the seed its content was made from."""
 
     path: str
     size: int
@@ -169,8 +175,8 @@ class DemoManifest:
     dirty: dict[str, str]  # raw dirty/hostile `video` value (JSON text for non-strings) -> what is wrong
     absent: set[str]  # valid wanted paths that no shard holds
     shards: dict[str, DemoShard] = field(default_factory=dict)
-    # mp4 clips the annotations name but no shard holds (shard None): their bytes are defined all the same
-    # (``video_bytes``), e.g. to stage them as an upstream dataset for passthrough tests.
+    # mp4 clips the annotations name but no shard holds (shard None): the build keeps their bytes under
+    # ``UNPACKED_DIR`` (``video_bytes``), e.g. to stage them as an upstream dataset for passthrough tests.
     unpacked: dict[str, DemoVideo] = field(default_factory=dict)
     spec: DemoSpec = field(default_factory=DemoSpec)
 
@@ -223,30 +229,52 @@ def _check_frame_size(width: int, height: int) -> None:
 
 
 def make_mp4(*, seconds: float, width: int, height: int, fps: int, seed: int) -> bytes:
-    """A real H.264 (libx264, yuv420p) mp4 of moving, seed-dependent content; deterministic per arguments."""
+    """A real H.264 (libx264, yuv420p) mp4 of moving, seed-dependent content; deterministic per arguments.
+
+    Reproducible bytes need two things, both measured with PyAV 18 (libx264 164): frames are built as
+    ``yuv420p`` planes in numpy, so no pixel-format conversion runs, and x264 runs on one thread without its
+    assembly kernels (``no-asm``). With the assembly on, 12 of 40 seeds of a 96x64 clip gave more than one
+    output in 8 encodes in one process (planes built in numpy or not; turning off x264's lookahead also
+    cured it, so its SIMD path reads bytes nothing set); without it, all 40 gave one. The output then also
+    no longer depends on which SIMD extensions the CPU has. It costs about twice the encode time.
+    """
     import av  # the demo extra: imported here so the filesystem itself never needs PyAV or numpy
     import numpy as np
 
     _check_frame_size(width, height)
     frame_count = max(1, round(seconds * fps))
     rng = np.random.default_rng(seed)
-    texture = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    colour = rng.integers(0, 256, size=3, dtype=np.uint8)
+    luma = rng.integers(0, 256, size=(height, width), dtype=np.uint8)
+    chroma = rng.integers(0, 256, size=(2, height // 2, width // 2), dtype=np.uint8)
+    box_colour = rng.integers(0, 256, size=3, dtype=np.uint8)  # Y, U, V
     step_y, step_x = (int(v) for v in rng.integers(1, 4, size=2))
-    box = max(4, min(width, height) // 4)
+    box = max(4, min(width, height) // 4) & ~1  # even, so it covers whole chroma samples
     out = io.BytesIO()
     with av.open(out, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # One thread: x264's output is then reproducible. A keyframe per second, like real clips, so
-        # decord's seeks have more than one keyframe to land on.
-        stream.options = {"preset": "veryfast", "crf": "28", "threads": "1", "g": str(fps)}
+        # One thread and no assembly: see above. A keyframe per second, like real clips, so decord's seeks
+        # have more than one keyframe to land on.
+        stream.options = {
+            "preset": "veryfast",
+            "crf": "28",
+            "threads": "1",
+            "g": str(fps),
+            "x264-params": "no-asm=1",
+        }
         for t in range(frame_count):
-            image = np.roll(texture, shift=(t * step_y, t * step_x), axis=(0, 1))
-            y = (t * 3 * step_y) % (height - box)
-            x = (t * 5 * step_x) % (width - box)
-            image[y : y + box, x : x + box] = colour
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            y_plane = np.roll(luma, shift=(t * step_y, t * step_x), axis=(0, 1))
+            uv_planes = np.roll(chroma, shift=((t * step_y) // 2, (t * step_x) // 2), axis=(1, 2))
+            y = (t * 3 * step_y) % (height - box) & ~1
+            x = (t * 5 * step_x) % (width - box) & ~1
+            y_plane[y : y + box, x : x + box] = box_colour[0]
+            uv_planes[0, y // 2 : (y + box) // 2, x // 2 : (x + box) // 2] = box_colour[1]
+            uv_planes[1, y // 2 : (y + box) // 2, x // 2 : (x + box) // 2] = box_colour[2]
+            # yuv420p as one (height * 3 / 2, width) array: Y, then U and V each folded into height / 4 rows.
+            planes = np.concatenate([y_plane, uv_planes.reshape(height // 2, width)])
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            frame.pts = t
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -285,15 +313,31 @@ def _render(spec: DemoSpec, seed: int) -> bytes:
 
 
 def video_bytes(manifest: DemoManifest, path: str) -> bytes:
-    """Regenerate the bytes of a packed or unpacked video (e.g. to stage a clip that no shard holds as an
-    upstream file), checked against its recorded sha256."""
+    """The bytes of a packed or unpacked video as the build wrote them, checked against their sha256.
+
+    A packed video is read back from its shard; an unpacked one from the copy the build kept under
+    ``UNPACKED_DIR``. Nothing is encoded again: bytes that PyAV and x264 produce are reproducible with one
+    install, not across their versions, and a test must not depend on that.
+    """
     video = manifest.videos.get(path) or manifest.unpacked[path]
-    data = _render(manifest.spec, video.seed)
+    data = (
+        _shard_member(manifest.root / video.shard, path)
+        if video.shard is not None
+        else (manifest.root / UNPACKED_DIR / path).read_bytes()
+    )
     if len(data) != video.size or hashlib.sha256(data).hexdigest() != video.sha256:
-        raise RuntimeError(
-            f"regenerated bytes of {path} differ from the manifest (PyAV/x264 version change?)"
-        )
+        raise RuntimeError(f"the bytes of {path} under {manifest.root} differ from the manifest")
     return data
+
+
+def _shard_member(shard: Path, path: str) -> bytes:
+    with tarfile.open(shard, mode="r:gz") as tar:
+        for info in tar:
+            if info.isfile() and info.name.removeprefix("./") == path:
+                member = tar.extractfile(info)
+                assert member is not None  # a regular file always has a reader
+                return member.read()
+    raise KeyError(f"{shard} holds no member {path}")
 
 
 # --- the plan: which clips, paths and records --------------------------------------------------------
@@ -741,6 +785,9 @@ def build_demo_dataset(root: Path, *, spec: DemoSpec | None = None) -> DemoManif
             if not clip.packed:
                 data = _render(spec, clip.seed)
                 digest = hashlib.sha256(data).hexdigest()
+                kept = root / UNPACKED_DIR / clip.path
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                kept.write_bytes(data)
                 manifest.unpacked[clip.path] = DemoVideo(clip.path, len(data), digest, None, clip.seed)
 
         # Annotations: every clip in every file of its directory, QA files repeating them.
