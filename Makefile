@@ -8,8 +8,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
-# systemd: only its systemd-analyze, with which a test verifies the shipped unit.
-APT_PKGS := fuse3 libfuse3-dev pkg-config systemd
+# systemd and rclone for tests only: systemd-analyze verifies the shipped unit; rclone reads the emulator.
+APT_PKGS := fuse3 libfuse3-dev pkg-config systemd rclone
 LOCKS := requirements
 # The resolver that writes the locks, itself pinned: a new uv must not change what `make lock` means.
 UV_VERSION := 0.13.9
