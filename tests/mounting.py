@@ -73,8 +73,12 @@ class Mount:
         env: dict[str, str] | None = None,
         ready_timeout_s: float = 60.0,
         check_log: bool = True,
+        prefix: tuple[str, ...] = (),
     ) -> None:
+        """``prefix``: a command the daemon runs under, e.g. ``setpriv --bounding-set ...`` (it must exec
+        the daemon in its own process, so signals reach it)."""
         self.config = config
+        self.prefix = prefix
         self.mountpoint = mountpoint
         self.allow_log = allow_log
         self.env = env
@@ -89,6 +93,7 @@ class Mount:
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [
+                *self.prefix,
                 sys.executable,
                 "-m",
                 "vfs.cli",

@@ -152,6 +152,10 @@ def test_every_documented_key_is_parsed(tmp_path: Path) -> None:
         attr_timeout_s=600.0,
         negative_timeout_s=30.0,
         xattrs=False,
+        uid=0,
+        gid=2000,
+        file_mode=0o440,
+        dir_mode=0o550,
     )
     assert config.metrics == MetricsConfig(port=9108, host="0.0.0.0")
 
@@ -172,8 +176,9 @@ def test_example_documents_every_field_with_a_default(tmp_path: Path) -> None:
         fields = {f.name.removesuffix("_bytes") for f in dataclasses.fields(cls)}
         assert seen[name] == fields, name
     # One "Default" note per [hub]/[cache]/[mount]/[metrics] key (the three mount timeouts share one, and
-    # so do the four hub retry/timeout keys), and the upstream keys other than the required ones.
-    assert len(re.findall(r"^# Defaults?:", EXAMPLE.read_text(), flags=re.M)) == 7 + 4 + 5 + 2
+    # so do the four hub retry/timeout keys, uid and gid, and the two modes), and the upstream keys other
+    # than the required ones.
+    assert len(re.findall(r"^# Defaults?:", EXAMPLE.read_text(), flags=re.M)) == 7 + 4 + 7 + 2
     for known, prefix in KNOWN_UPSTREAMS.items():
         assert re.search(rf"^#\s+{known}\s+{re.escape(prefix)}\b", EXAMPLE.read_text(), flags=re.M)
 
@@ -425,6 +430,10 @@ BAD_CONFIGS = {
     ),
     "negative timeout": ("[mount]\nattr_timeout_s = -1\n", "mount.attr_timeout_s", ">= 0"),
     "timeout as string": ('[mount]\nentry_timeout_s = "5"\n', "mount.entry_timeout_s", "number of seconds"),
+    "mode as string": ('[mount]\nfile_mode = "0440"\n', "mount.file_mode", "permission bits such as 0o440"),
+    "mode with setuid": ("[mount]\ndir_mode = 0o4555\n", "mount.dir_mode", "between 0o000 and 0o777"),
+    "negative gid": ("[mount]\ngid = -5\n", "mount.gid", "between 0 and"),
+    "uid as name": ('[mount]\nuid = "nobody"\n', "mount.uid", "a numeric id"),
     "negative port": ("[metrics]\nport = -1\n", "metrics.port", "between 1 and 65535"),
     "port too big": ("[metrics]\nport = 70000\n", "metrics.port", "between 1 and 65535"),
     "port as bool": ("[metrics]\nport = true\n", "metrics.port", "got boolean"),

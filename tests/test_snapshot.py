@@ -26,14 +26,14 @@ from vfs.config import Config, load_config
 from vfs.coverage import load_catalog_offline
 from vfs.demo.dataset import video_bytes
 from vfs.layout import CacheLayout
-from vfs.namespace import ROOT_INO, Namespace, Node
+from vfs.namespace import ROOT_INO, Namespace, NamespaceView, Node
 from vfs.snapshot import (
     Snapshot,
     build_snapshot,
     open_snapshot,
     snapshot_key,
 )
-from vfs.sources.refs import VirtualRef
+from vfs.sources.refs import UpstreamDirRef, UpstreamRef, VirtualRef
 
 pytestmark = pytest.mark.allow_log(r"skipped video", r"records skipped")
 
@@ -111,6 +111,21 @@ def test_the_snapshot_is_the_tree_it_was_built_from(indexed, demo, tmp_path, var
     assert root is not None and root.is_dir
     # readdir: the same entries, in the same order, with the same offsets, all the way down
     assert walk(lazy, root) == walk(ns, ns.get(ROOT_INO))
+
+    def upstream_entries(view: NamespaceView, ino: int) -> list[tuple[int, object]]:
+        node = view.get(ino)
+        assert node is not None
+        return [
+            (c.ino, c.ref)
+            for _, c, _ in view.entries(node, 0)
+            if isinstance(c.ref, UpstreamRef | UpstreamDirRef)
+        ]
+
+    # listed entries carry their upstream refs too (readdirplus shows their owners)
+    for node in ns.nodes():
+        if node.is_dir:
+            assert upstream_entries(lazy, node.ino) == upstream_entries(ns, node.ino)
+    upstream_kinds: set[type] = set()
     for node in ns.nodes():
         got = lazy.get(node.ino)
         assert got is not None
@@ -120,12 +135,16 @@ def test_the_snapshot_is_the_tree_it_was_built_from(indexed, demo, tmp_path, var
             node.size,
             node.is_dir,
         )
-        assert same_ref(lazy.ref_of(got), ns.ref_of(node)) if not node.is_dir else lazy.ref_of(got) is None
+        assert same_ref(lazy.ref_of(got), ns.ref_of(node))
+        if isinstance(node.ref, UpstreamRef | UpstreamDirRef):  # what its owner and mode come from
+            assert got.ref == node.ref
+            upstream_kinds.add(type(node.ref))
         parent = lazy.get(node.parent)
         assert parent is not None
         if node.ino != ROOT_INO:
             found = lazy.child(parent, node.name)
             assert found is not None and found.ino == node.ino
+    assert upstream_kinds == ({UpstreamRef, UpstreamDirRef} if variant == "upstreams" else set())
     # a listing resumed at an offset, names that are not there, and names SQLite cannot hold
     big = max((n for n in ns.nodes() if n.is_dir), key=lambda n: len(list(ns.entries(n, 0))))
     resumed = [(name, c.ino, off) for name, c, off in lazy.entries(lazy.get(big.ino), 2)]

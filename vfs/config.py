@@ -151,6 +151,12 @@ class MountConfig:
     negative_timeout_s: float = 60.0
     # False answers getxattr/listxattr with ENOSYS, after which the kernel never asks the daemon again.
     xattrs: bool = True
+    # Owner and permission bits of what the Hub serves (and of .vfs/); None: the daemon's own uid/gid.
+    # Upstream files and their directories show their real owner and mode instead (vfs.access).
+    uid: int | None = None
+    gid: int | None = None
+    file_mode: int = 0o444
+    dir_mode: int = 0o555
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -275,6 +281,10 @@ _MOUNT_KEYS = (
     "attr_timeout_s",
     "negative_timeout_s",
     "xattrs",
+    "uid",
+    "gid",
+    "file_mode",
+    "dir_mode",
 )
 _METRICS_KEYS = ("port", "host")
 _SECTION_KEYS = {
@@ -369,6 +379,24 @@ class _Table:
         value = float(self._typed(name, (int, float), "a number of seconds"))
         if not math.isfinite(value) or value < 0:
             _invalid(self.key(name), f"must be a finite number >= 0, got {self.data[name]!r}")
+        return value
+
+    def id_number(self, name: str) -> int | None:
+        """A numeric user or group id (no name lookup: the node's accounts may differ from the login's)."""
+        if name not in self.data:
+            return None
+        value: int = self._typed(name, int, "a numeric id")
+        if not 0 <= value < 0xFFFFFFFF:  # (uid_t)-1 means "unchanged" to the kernel
+            _invalid(self.key(name), f"must be between 0 and {0xFFFFFFFF - 1}, got {value}")
+        return value
+
+    def mode(self, name: str, default: int) -> int:
+        """Permission bits, written as a TOML octal integer (``0o440``)."""
+        if name not in self.data:
+            return default
+        value: int = self._typed(name, int, "permission bits such as 0o440")
+        if not 0 <= value <= 0o777:
+            _invalid(self.key(name), f"must be permission bits between 0o000 and 0o777, got {value:#o}")
         return value
 
     def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -634,6 +662,10 @@ def _parse_mount(raw: object) -> MountConfig:
         attr_timeout_s=t.seconds("attr_timeout_s", _MOUNT_DEFAULTS.attr_timeout_s),
         negative_timeout_s=t.seconds("negative_timeout_s", _MOUNT_DEFAULTS.negative_timeout_s),
         xattrs=t.boolean("xattrs", _MOUNT_DEFAULTS.xattrs),
+        uid=t.id_number("uid"),
+        gid=t.id_number("gid"),
+        file_mode=t.mode("file_mode", _MOUNT_DEFAULTS.file_mode),
+        dir_mode=t.mode("dir_mode", _MOUNT_DEFAULTS.dir_mode),
     )
 
 

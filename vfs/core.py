@@ -9,6 +9,7 @@ Invariants:
 - Read-only: any open for writing is ``ReadOnly`` (EROFS); the adapter answers every mutating call so.
 - Sizes are exact before any download (they come from the catalog), and reads never go past them.
 - Open handles live in ``_handles`` (trio thread only, never mutated across an await).
+- Owners and modes follow ``vfs.access``: upstream entries are stat'ed live, off the trio thread.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ import errno as _errno
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
-from vfs.errors import IsADirectory, NoAttribute, NotFound, ReadOnly
+from vfs.access import Caller, HubOwnership, Owner, real_owner
+from vfs.errors import IsADirectory, NoAttribute, NotFound, PermissionDenied, ReadOnly
+from vfs.guidance import REASON_UNREADABLE
 from vfs.namespace import NamespaceView, Node
 from vfs.sources.base import Handle
 from vfs.sources.opener import Sources
-from vfs.sources.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef, VirtualRef
+from vfs.sources.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamDirRef, UpstreamRef, VirtualRef
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ XATTR_CACHED = "user.vfs.cached"
 @dataclass
 class CoreStats:
     lookups: int = 0
+    getattrs: int = 0
     misses: int = 0
     opens: int = 0
     reads: int = 0
@@ -45,7 +49,8 @@ class CoreStats:
     errors: Counter[str] = field(default_factory=Counter)
 
 
-MissListener = Callable[[str], None]
+# Told every lookup miss; returns why the path is absent (``vfs.guidance`` REASON_*), or None.
+MissListener = Callable[[str], str | None]
 
 
 def describe_source(ref: object) -> str:
@@ -65,10 +70,21 @@ def describe_source(ref: object) -> str:
 
 class FsCore:
     def __init__(
-        self, namespace: NamespaceView, sources: Sources, *, on_miss: MissListener | None = None
+        self,
+        namespace: NamespaceView,
+        sources: Sources,
+        *,
+        on_miss: MissListener | None = None,
+        ownership: HubOwnership | None = None,
+        check_callers: bool = False,
     ) -> None:
+        """``ownership``: what non-upstream entries show (default: the daemon's ids, 0o444 and 0o555).
+        ``check_callers``: an ``allow_other`` mount, whose upstream opens check the caller's access to
+        the real path; a single-user mount leaves that to the daemon's own open (``vfs.access``)."""
         self.ns = namespace
         self.sources = sources
+        self.ownership = ownership or HubOwnership(os.getuid(), os.getgid(), 0o444, 0o555)
+        self.check_callers = check_callers
         self.stats = CoreStats()
         self._on_miss = on_miss
         self._handles: dict[int, Handle] = {}
@@ -81,6 +97,10 @@ class FsCore:
             raise NotFound(f"no inode {ino}")
         return node
 
+    def getattr(self, ino: int) -> Node:
+        self.stats.getattrs += 1
+        return self.node(ino)
+
     def lookup(self, parent_ino: int, name: str) -> Node:
         self.stats.lookups += 1
         parent = self.node(parent_ino)
@@ -89,7 +109,10 @@ class FsCore:
             self.stats.misses += 1
             if self._on_miss is not None:
                 parent_path = self.ns.path_of(parent)
-                self._on_miss(f"{parent_path}/{name}" if parent_path else name)
+                path = f"{parent_path}/{name}" if parent_path else name
+                if self._on_miss(path) == REASON_UNREADABLE:
+                    # the daemon may not look where it would be: a reader is denied, not told it is absent
+                    raise PermissionDenied(path)
             raise NotFound(name)
         return child
 
@@ -97,14 +120,33 @@ class FsCore:
         """Entries from offset ``start``; each with the offset of the next one (stable sorted order)."""
         return self.ns.entries(self.node(ino), start)
 
+    async def owners(self, nodes: Sequence[Node]) -> list[Owner]:
+        """What each node shows as owner, group and mode. Upstream entries are stat'ed at their real path,
+        all of them in one worker-thread call; the rest cost nothing."""
+        owners = [self.ownership.of(node.is_dir) for node in nodes]
+        real = [
+            (i, ref.real_path)
+            for i, node in enumerate(nodes)
+            if isinstance(ref := node.ref, UpstreamRef | UpstreamDirRef)
+        ]
+        if real:
+
+            def stat_all() -> list[Owner]:
+                return [real_owner(path) for _, path in real]
+
+            found = await trio.to_thread.run_sync(stat_all, limiter=self.sources.disk_limiter)
+            for (i, _), owner in zip(real, found, strict=True):
+                owners[i] = owner
+        return owners
+
     # -- data ---------------------------------------------------------------------------------------
-    async def open(self, ino: int, flags: int) -> tuple[int, Handle]:
+    async def open(self, ino: int, flags: int, caller: Caller | None = None) -> tuple[int, Handle]:
         node = self.node(ino)
         if flags & WRITE_FLAGS:
             raise ReadOnly(self.ns.path_of(node))
         if node.is_dir:
             raise IsADirectory(self.ns.path_of(node))
-        handle = await self.sources.open(self.ns.ref_of(node))
+        handle = await self.sources.open(self.ns.ref_of(node), caller if self.check_callers else None)
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = handle

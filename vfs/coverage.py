@@ -55,6 +55,7 @@ from vfs.guidance import (
     REASON_NOT_INDEXED,
     REASON_NOT_WANTED,
     REASON_UNKNOWN,
+    REASON_UNREADABLE,
     REGISTRY,
     DatasetInfo,
     Miss,
@@ -137,6 +138,7 @@ class PathFacts:
     shard: str | None  # the shard holding it, if any
     escaped: str | None  # the refused real path of an upstream entry that resolves outside its root
     unindexed: tuple[str, ...] = ()  # not-yet-indexed shards that may hold it
+    denied: bool = False  # the daemon could not list a directory where its upstream copy would be
 
 
 class Explainer:
@@ -197,6 +199,8 @@ class Explainer:
             return REASON_MALFORMED
         if facts is not None and facts.escaped is not None:
             return REASON_ESCAPES_ROOT
+        if facts is not None and facts.denied:
+            return REASON_UNREADABLE
         if self.upstreams.rule_for(path) is not None:
             return REASON_NOT_IN_ROOT
         if facts is not None and facts.unindexed:
@@ -352,6 +356,7 @@ def compute_availability(
                 shard=None,
                 escaped=resolution.escaped.get(path),
                 unindexed=tuple(av._unindexed_for(rows)),
+                denied=path in resolution.denied,
             )
             av.absent[path] = av._reason(path, facts, wanted=True)
     return av

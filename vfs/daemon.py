@@ -30,10 +30,11 @@ from typing import TypeVar
 import pyfuse3
 import trio
 
+from vfs.access import HubOwnership
 from vfs.cache.shared import open_shared_cache, restore_from_share_async
 from vfs.cache.store import CacheStore
 from vfs.catalog.catalog import CatalogData, CatalogDir, CatalogError
-from vfs.config import Config
+from vfs.config import Config, MountConfig
 from vfs.core import FsCore
 from vfs.coverage import log_coverage
 from vfs.errors import ConfigError, FetchError, VfsError, exception_leaves
@@ -218,6 +219,17 @@ async def _read_catalog(
     return data
 
 
+def hub_ownership(mount: MountConfig) -> HubOwnership:
+    """What every entry the Hub serves shows: ``[mount] uid, gid, file_mode, dir_mode``, the ids defaulting
+    to the daemon's own."""
+    return HubOwnership(
+        os.getuid() if mount.uid is None else mount.uid,
+        os.getgid() if mount.gid is None else mount.gid,
+        mount.file_mode,
+        mount.dir_mode,
+    )
+
+
 def check_allow_other(
     allow_other: bool, *, euid: int | None = None, fuse_conf: Path = Path("/etc/fuse.conf")
 ) -> None:
@@ -295,7 +307,13 @@ async def serve(config: Config, mountpoint: Path, *, max_tasks: int = MAX_FUSE_T
                 disk_threads=DISK_THREADS,
             )
             namespace = tree.namespace
-            core = FsCore(namespace, sources, on_miss=reporter.on_miss)
+            core = FsCore(
+                namespace,
+                sources,
+                on_miss=reporter.on_miss,
+                ownership=hub_ownership(config.mount),
+                check_callers=config.mount.allow_other,
+            )
             core_box.append(core)
             if metrics is not None:
                 report = tree.report
@@ -424,6 +442,7 @@ def live_stats(core: FsCore, cache: CacheStore, client: HubClient | None) -> dic
     stats = core.stats
     out: dict[str, object] = {
         "lookups": stats.lookups,
+        "getattrs": stats.getattrs,
         "misses": stats.misses,
         "opens": stats.opens,
         "reads": stats.reads,

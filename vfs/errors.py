@@ -42,6 +42,13 @@ class ReadOnly(VfsError):
     log_level = logging.DEBUG
 
 
+class PermissionDenied(VfsError):
+    """The caller may not read this (EACCES): a normal answer on a multi-user node, logged at DEBUG."""
+
+    errno = _errno.EACCES
+    log_level = logging.DEBUG
+
+
 class NoAttribute(VfsError):
     """An extended attribute that the file does not have (ENODATA)."""
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import logging
 import os
 import stat
@@ -28,6 +29,7 @@ from typing import Any, NoReturn, TypeVar
 
 import pyfuse3
 
+from vfs.access import Caller, Owner
 from vfs.core import FsCore
 from vfs.errors import VfsError, typed_error
 from vfs.namespace import Node
@@ -35,6 +37,7 @@ from vfs.namespace import Node
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+READDIR_BATCH = 128  # entries whose owners are looked up together (about what one readdirplus reply holds)
 
 
 def _boundary(fn: F) -> F:
@@ -98,34 +101,36 @@ class Operations(pyfuse3.Operations):
         self._negative_timeout = negative_timeout_s
         self._mtime_ns = mtime_ns
         self._xattrs = xattrs
-        self._uid = os.getuid()
-        self._gid = os.getgid()
 
-    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
+    def _attr(self, node: Node, owner: Owner) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         if node.is_dir:
-            attr.st_mode = stat.S_IFDIR | 0o555
+            attr.st_mode = stat.S_IFDIR | owner.mode
             attr.st_nlink = 2
         else:
-            attr.st_mode = stat.S_IFREG | 0o444
+            attr.st_mode = stat.S_IFREG | owner.mode
             attr.st_nlink = 1
         attr.st_size = node.size
         attr.st_blksize = 1 << 20
         attr.st_blocks = (node.size + 511) // 512
-        attr.st_uid = self._uid
-        attr.st_gid = self._gid
+        attr.st_uid = owner.uid
+        attr.st_gid = owner.gid
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self._mtime_ns
         attr.entry_timeout = self._entry_timeout
         attr.attr_timeout = self._attr_timeout
         return attr
 
+    async def _attr_of(self, node: Node) -> pyfuse3.EntryAttributes:
+        (owner,) = await self.core.owners([node])
+        return self._attr(node, owner)
+
     @_boundary
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         if name == b".":
-            return self._attr(self.core.node(parent_inode))
+            return await self._attr_of(self.core.node(parent_inode))
         if name == b"..":
-            return self._attr(self.core.node(self.core.node(parent_inode).parent))
+            return await self._attr_of(self.core.node(self.core.node(parent_inode).parent))
         try:
             node = self.core.lookup(parent_inode, os.fsdecode(name))
         except VfsError as exc:
@@ -135,11 +140,11 @@ class Operations(pyfuse3.Operations):
             negative.st_ino = 0
             negative.entry_timeout = self._negative_timeout
             return negative
-        return self._attr(node)
+        return await self._attr_of(node)
 
     @_boundary
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self._attr(self.core.node(inode))
+        return await self._attr_of(self.core.getattr(inode))
 
     @_boundary
     async def opendir(self, inode: int, ctx: Any) -> int:
@@ -150,16 +155,21 @@ class Operations(pyfuse3.Operations):
 
     @_boundary
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        for name, node, next_id in self.core.readdir(fh, start_id):
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr(node), next_id):
-                break
+        # In batches, so an upstream directory's entries are stat'ed together in one worker-thread call;
+        # the entries of a batch that no longer fit the kernel's buffer come again in its next readdir.
+        entries = self.core.readdir(fh, start_id)
+        while batch := list(itertools.islice(entries, READDIR_BATCH)):
+            owners = await self.core.owners([node for _, node, _ in batch])
+            for (name, node, next_id), owner in zip(batch, owners, strict=True):
+                if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr(node, owner), next_id):
+                    return
 
     async def releasedir(self, fh: int) -> None:
         return None
 
     @_boundary
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        fh, handle = await self.core.open(inode, flags)
+        fh, handle = await self.core.open(inode, flags, Caller(ctx.uid, ctx.gid, ctx.pid))
         return pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)
 
     @_boundary

@@ -188,6 +188,7 @@ REASON_EXCLUDED = "excluded"
 REASON_MALFORMED = "malformed"
 REASON_NOT_IN_ROOT = "not_in_upstream_root"
 REASON_ESCAPES_ROOT = "escapes_upstream_root"
+REASON_UNREADABLE = "upstream_unreadable"  # the daemon may not list where it would be: EACCES, not ENOENT
 REASON_NOT_INDEXED = "shard_not_indexed"
 REASON_NO_SOURCE = "no_source"
 REASON_NOT_WANTED = "not_wanted"
@@ -247,7 +248,7 @@ def absent_message(
                 f"the shards of this revision are not indexed yet, so no video is served: "
                 f"run `llava-vfs index{config_arg}`"
             )
-    elif reason in (REASON_NOT_IN_ROOT, REASON_ESCAPES_ROOT):
+    elif reason in (REASON_NOT_IN_ROOT, REASON_ESCAPES_ROOT, REASON_UNREADABLE):
         paths = list(expected)
         where = paths[0] if paths else "?"
         also = (
@@ -259,6 +260,12 @@ def absent_message(
             parts.append(
                 f"found under the {upstream_name} root but it resolves (through a symlink) outside the root, "
                 f"so it is refused: {where}"
+            )
+        elif reason == REASON_UNREADABLE:
+            parts.append(
+                f"the daemon may not list the {upstream_name} directories where it would be, so readers get "
+                f"'Permission denied': expected at {where}{also}; give the daemon CAP_DAC_READ_SEARCH (the "
+                "shipped systemd unit does) or run it as a user in the directory's group, then restart it"
             )
         else:
             parts.append(
@@ -326,18 +333,20 @@ class MissReporter:
         self._totals: dict[str, _DatasetCounts] = {}  # since start, for stats.json
         self._window_start = clock()
 
-    def on_miss(self, path: str) -> None:
-        """Record one lookup miss (trio thread; never raises)."""
+    def on_miss(self, path: str) -> str | None:
+        """Record one lookup miss and return its reason (None: not a dataset path). Trio thread; never
+        raises."""
         try:
-            self._on_miss(path)
+            return self._on_miss(path)
         except Exception:  # a reporting bug must never turn a miss into EIO
             log.exception("could not report the miss of %r", path)
+            return None
 
-    def _on_miss(self, path: str) -> None:
+    def _on_miss(self, path: str) -> str | None:
         miss = self._explain(path)
         if miss is None:
             log.debug("lookup miss: %s", path)
-            return
+            return None
         if self._clock() - self._window_start >= self.interval_s:
             self.flush()
         key = miss.dataset or "other"
@@ -346,7 +355,7 @@ class MissReporter:
         window.lookups += 1
         total.lookups += 1
         if path in self._seen:
-            return
+            return miss.reason
         if len(self._seen) < self.max_tracked:
             self._seen.add(path)
         window.distinct += 1
@@ -357,6 +366,7 @@ class MissReporter:
             window.logged += 1
             total.logged += 1
             log.warning("missing %s: %s", path, miss.guidance)
+        return miss.reason
 
     def flush(self) -> list[str]:
         """Log (and return) one summary line per dataset with misses since the last summary."""

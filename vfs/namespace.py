@@ -12,7 +12,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,7 +25,8 @@ class PathConflict(ValueError):
 
 @dataclass(slots=True)
 class Node:
-    """One entry. ``ref`` says where a file's bytes come from (see ``vfs.sources``); None for directories."""
+    """One entry. ``ref`` says where a file's bytes come from (see ``vfs.sources``); for a directory it is
+    None, or an ``UpstreamDirRef`` naming the real directory whose owner and mode it shows."""
 
     ino: int
     parent: int
@@ -201,6 +202,15 @@ class NamespaceBuilder:
                 return False
             node = self._nodes[node.children[part]]
         return True
+
+    def fold_dirs(self, fold: Callable[[list[object | None]], object | None]) -> None:
+        """Set each directory's ref to ``fold`` of its children's refs, deepest directories first (a
+        child directory's ref is folded before its parent's)."""
+        # Children are appended after their parent, so reverse inode order visits every child first.
+        for node in reversed(self._nodes):
+            if node is not None and node.children is not None:
+                refs = [self._nodes[ino].ref for ino in node.children.values()]  # type: ignore[union-attr]
+                node.ref = fold(refs)
 
     def build(self) -> Namespace:
         ns = Namespace(self._nodes)

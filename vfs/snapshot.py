@@ -17,6 +17,7 @@ kernel asks about (bench/RESULTS.md, "Scale").
 When a snapshot is current:
 - its name carries a digest of the catalog file's identity (size and mtime: a rewritten catalog is a new
   file), the view settings, ``[mount] exclude``, the upstream entries and the format version;
+- every upstream directory the build could not list still cannot be listed (permissions change no mtime);
 - every upstream directory the build listed still has the mtime it had (a file added to or removed from an
   upstream root changes its directory's mtime); directories changed within ``RACY_WINDOW_S`` of the build
   are never trusted, as git does with racily clean files, since a coarse clock could hide a later change;
@@ -31,6 +32,7 @@ orders ``str``), so readdir offsets agree between the two.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -51,13 +53,13 @@ from vfs.durable import publish
 from vfs.errors import IntegrityError
 from vfs.layout import CacheLayout
 from vfs.namespace import ROOT_INO, Namespace, Node
-from vfs.sources.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef, VirtualRef
+from vfs.sources.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamDirRef, UpstreamRef, VirtualRef
 from vfs.sources.upstream import Upstreams
 from vfs.view import build_view
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = "snapshot-v1"
+SNAPSHOT_FORMAT = "snapshot-v2"  # v2: directories keep their upstream counterpart
 RACY_WINDOW_S = 2.0
 STATS_FILE = "stats.json"  # the one dynamic .vfs/ file, bound by the daemon
 KEEP_SNAPSHOTS = 4  # per repo: the newest few, so switching between two configs does not rebuild each time
@@ -112,6 +114,8 @@ def _encode(node: Node, ns: Namespace, cache_root: Path) -> _Row:
     ref = node.ref
     base = (node.ino, node.parent, node.name, node.size)
     if node.is_dir:
+        if isinstance(ref, UpstreamDirRef):
+            return (*base, K_DIR, ref.dataset, ref.real_path, ref.root, None, None)
         return (*base, K_DIR, None, None, None, None, None)
     if isinstance(ref, MemberRef):
         _check_size(node, ref.size)
@@ -198,6 +202,7 @@ def write_snapshot(
             "data_sources": json.dumps(sorted(availability.data_sources)),
             "wanted_tops": json.dumps(sorted(availability.wanted_tops)),
             "upstream_dirs": json.dumps(availability.resolution.listed, sort_keys=True),
+            "upstream_denied": json.dumps(sorted(availability.resolution.denied_dirs)),
             "report": json.dumps(report, sort_keys=True),
         }
         con.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
@@ -234,9 +239,24 @@ class _Listing:
     inos: list[int]
     sizes: list[int]
     dirs: list[bool]
+    upstream: list[UpstreamRef | UpstreamDirRef | None]  # what each entry's owner and mode come from
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+def _upstream_ref(
+    size: int, kind: int, a: str | None, b: str | None, c: str | None
+) -> UpstreamRef | UpstreamDirRef | None:
+    """The ref of an upstream file or directory row (None for any other row). A node carries it from the
+    moment it is loaded: its owner and mode come from the real path (``NamespaceView``)."""
+    if kind == K_UPSTREAM:
+        assert a is not None and b is not None and c is not None
+        return UpstreamRef(a, b, size, c)
+    if kind == K_DIR and a is not None:
+        assert b is not None and c is not None
+        return UpstreamDirRef(a, b, c)
+    return None
 
 
 def _storable(text: str) -> bool:
@@ -288,6 +308,11 @@ class Snapshot:
                 return f"upstream directory {real_dir} changed"
             if now is not None and now >= racy_ns:
                 return f"upstream directory {real_dir} changed while the snapshot was built"
+        for real_dir in json.loads(self.meta["upstream_denied"]):
+            # A chmod or a new capability changes no mtime: a directory the build could not list is
+            # tried again, and the tree is rebuilt once the daemon may list it.
+            with contextlib.suppress(OSError), os.scandir(real_dir):
+                return f"upstream directory {real_dir} can be listed now"
         for stored, size in self._con.execute("SELECT a, size FROM nodes WHERE kind = ?", (K_LOCAL,)):
             path = self.config.cache.dir / stored  # relative to the cache dir, or absolute
             try:
@@ -347,10 +372,22 @@ class SnapshotNamespace:
     def __len__(self) -> int:
         return self._count
 
-    def _node(self, ino: int, parent: int, name: str, size: int, is_dir: bool) -> Node:
+    def _node(
+        self,
+        ino: int,
+        parent: int,
+        name: str,
+        size: int,
+        kind: int,
+        a: str | None,
+        b: str | None,
+        c: str | None,
+    ) -> Node:
         node = self._nodes.get(ino)
         if node is None:
-            node = Node(ino, parent, name, size, None, _LAZY_CHILDREN if is_dir else None)
+            is_dir = kind == K_DIR
+            upstream = _upstream_ref(size, kind, a, b, c)
+            node = Node(ino, parent, name, size, upstream, _LAZY_CHILDREN if is_dir else None)
             self._nodes[ino] = node
         return node
 
@@ -358,11 +395,12 @@ class SnapshotNamespace:
         node = self._nodes.get(ino)
         if node is not None:
             return node
-        row = self._con.execute("SELECT parent, name, size, kind FROM nodes WHERE ino = ?", (ino,)).fetchone()
+        row = self._con.execute(
+            "SELECT parent, name, size, kind, a, b, c FROM nodes WHERE ino = ?", (ino,)
+        ).fetchone()
         if row is None:
             return None
-        parent, name, size, kind = row
-        return self._node(ino, parent, name, size, kind == K_DIR)
+        return self._node(ino, *row)
 
     def child(self, parent: Node, name: str) -> Node | None:
         if not parent.is_dir:
@@ -372,22 +410,34 @@ class SnapshotNamespace:
             i = bisect_left(listing.names, name)
             if i == len(listing.names) or listing.names[i] != name:
                 return None
-            return self._node(listing.inos[i], parent.ino, name, listing.sizes[i], listing.dirs[i])
+            node = self._nodes.get(listing.inos[i])
+            if node is None:
+                node = Node(
+                    listing.inos[i],
+                    parent.ino,
+                    name,
+                    listing.sizes[i],
+                    listing.upstream[i],
+                    _LAZY_CHILDREN if listing.dirs[i] else None,
+                )
+                self._nodes[node.ino] = node
+            return node
         if not _storable(name):
             return None
         row = self._con.execute(
-            "SELECT ino, size, kind FROM nodes WHERE parent = ? AND name = ?", (parent.ino, name)
+            "SELECT ino, size, kind, a, b, c FROM nodes WHERE parent = ? AND name = ?", (parent.ino, name)
         ).fetchone()
         if row is None:
             return None
-        ino, size, kind = row
-        return self._node(ino, parent.ino, name, size, kind == K_DIR)
+        ino, size, kind, a, b, c = row
+        return self._node(ino, parent.ino, name, size, kind, a, b, c)
 
     def _listing(self, ino: int) -> _Listing:
         listing = self._listings.get(ino)
         if listing is None:
             rows = self._con.execute(
-                "SELECT name, ino, size, kind FROM nodes WHERE parent = ? AND ino != ? ORDER BY name",
+                "SELECT name, ino, size, kind, a, b, c FROM nodes WHERE parent = ? AND ino != ?"
+                " ORDER BY name",
                 (ino, ROOT_INO),
             ).fetchall()
             listing = _Listing(
@@ -395,6 +445,7 @@ class SnapshotNamespace:
                 [r[1] for r in rows],
                 [r[2] for r in rows],
                 [r[3] == K_DIR for r in rows],
+                [_upstream_ref(r[2], r[3], r[4], r[5], r[6]) for r in rows],
             )
             if len(listing) <= LISTING_CACHE_ENTRIES:
                 self._listings[ino] = listing
@@ -404,16 +455,23 @@ class SnapshotNamespace:
         if not node.is_dir:
             return
         listing = self._listing(node.ino)
-        names, inos, sizes, dirs = listing.names, listing.inos, listing.sizes, listing.dirs
+        names, inos, sizes, dirs, upstream = (
+            listing.names,
+            listing.inos,
+            listing.sizes,
+            listing.dirs,
+            listing.upstream,
+        )
         parent = node.ino
         # readdirplus hands every entry's attributes to the kernel: transient nodes, not cached here
         for pos in range(start, len(names)):
             children = _LAZY_CHILDREN if dirs[pos] else None
-            yield names[pos], Node(inos[pos], parent, names[pos], sizes[pos], None, children), pos + 1
+            entry = Node(inos[pos], parent, names[pos], sizes[pos], upstream[pos], children)
+            yield names[pos], entry, pos + 1
 
     def ref_of(self, node: Node) -> object | None:
-        if node.is_dir:
-            return None
+        if node.ref is not None or node.is_dir:
+            return node.ref  # upstream refs are loaded with the node; other directories have none
         ref = self._refs.get(node.ino)
         if ref is None:
             row = self._con.execute(
@@ -435,8 +493,7 @@ class SnapshotNamespace:
             assert a is not None and b is not None
             return HubFileRef(a, size, b, c)
         if kind == K_UPSTREAM:
-            assert a is not None and b is not None and c is not None
-            return UpstreamRef(a, b, size, c)
+            return _upstream_ref(size, kind, a, b, c)
         if kind == K_LOCAL:
             assert a is not None
             return LocalFileRef(str(self._cache_root / a), size)

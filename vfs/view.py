@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from vfs.catalog.catalog import CatalogData
 from vfs.guidance import REGISTRY
 from vfs.namespace import Namespace, NamespaceBuilder, PathConflict
-from vfs.sources.refs import UpstreamRef, VirtualRef
+from vfs.sources.refs import UpstreamDirRef, UpstreamRef, VirtualRef
 
 if TYPE_CHECKING:
     from vfs.coverage import Availability
@@ -120,7 +121,25 @@ def build_view(
         builder.add_file(f"{VFS_DIR}/{name}", size, entry_ref)
     if conflicts:
         log.warning("%d catalog paths collide with other entries and are not shown", conflicts)
+    builder.fold_dirs(upstream_dir_ref)
     return builder.build()
+
+
+def upstream_dir_ref(children: list[object | None]) -> UpstreamDirRef | None:
+    """The real counterpart of a directory whose every entry comes from one upstream root: the one real
+    directory that holds its entries, else that root; None for anything else (a Hub or mixed directory,
+    or an empty one), which shows the ``[mount]`` owner and ``dir_mode``."""
+    if not children or not all(isinstance(ref, UpstreamRef | UpstreamDirRef) for ref in children):
+        return None
+    refs = cast(list[UpstreamRef | UpstreamDirRef], children)
+    first = refs[0]
+    if any(ref.dataset != first.dataset or ref.root != first.root for ref in refs):
+        return None
+    holders = {posixpath.dirname(ref.real_path) for ref in refs}
+    real = holders.pop() if len(holders) == 1 else first.root
+    if first.root and not (real == first.root or real.startswith(first.root.rstrip("/") + "/")):
+        real = first.root  # never a directory above the root: its chain is not the dataset's to show
+    return UpstreamDirRef(first.dataset, real, first.root)
 
 
 def skeleton_prefixes(av: Availability) -> list[str]:

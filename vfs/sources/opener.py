@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import trio
 from cachetools import LRUCache
 
+from vfs.access import Caller
 from vfs.catalog.shard_index import ShardIndex
 from vfs.errors import FetchError, VfsError
 from vfs.metrics import FetchTimings
@@ -79,7 +80,9 @@ class Sources:
             raise FetchError(f"{what}: not in the cache and the Hub is offline")
         return self.client
 
-    async def open(self, ref: object) -> Handle:
+    async def open(self, ref: object, caller: Caller | None = None) -> Handle:
+        """A handle on ``ref``'s bytes. ``caller`` (an ``allow_other`` mount) is checked against an
+        upstream file's real path; everything else the kernel has already checked (``vfs.access``)."""
         if isinstance(ref, MemberRef):
             fd = await self.member_fd(ref)
             return FdHandle(fd, ref.size, self.disk_limiter)
@@ -89,7 +92,7 @@ class Sources:
             data = ref.render()
             return BytesHandle(data, keep_cache=not ref.dynamic, direct_io=ref.dynamic)
         if isinstance(ref, UpstreamRef):
-            return await open_upstream(ref, self.disk_limiter)
+            return await open_upstream(ref, self.disk_limiter, caller)
         if isinstance(ref, LocalFileRef):
             return await open_local(ref, self.disk_limiter)
         raise TypeError(f"unknown ref {ref!r}")

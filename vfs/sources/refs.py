@@ -53,6 +53,16 @@ class UpstreamRef:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamDirRef:
+    """A directory that exists only for one upstream dataset: it shows the owner and mode of ``real_path``,
+    its real counterpart (the directory holding what it lists, or the dataset's root)."""
+
+    dataset: str
+    real_path: str
+    root: str
+
+
+@dataclass(frozen=True, slots=True)
 class LocalFileRef:
     """A file the daemon derived and keeps under its cache dir (``.vfs/available/...``, ``missing.tsv``),
     published atomically before the mount starts and served with ``pread``."""

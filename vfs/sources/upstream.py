@@ -33,9 +33,11 @@ import stat
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import trio
 
+from vfs.access import Caller, check_real_chain
 from vfs.config import UpstreamConfig
 from vfs.errors import NotFound, RemoteChanged, VfsError
 from vfs.guidance import REGISTRY, DatasetInfo, under
@@ -241,6 +243,9 @@ class Resolution:
     extras: dict[str, UpstreamFile] = field(default_factory=dict)  # upstream files no wanted path names
     escaped: dict[str, str] = field(default_factory=dict)  # wanted path -> the refused real path
     escaped_by_rule: Counter[str] = field(default_factory=Counter)
+    # wanted path -> a directory where it could be that the daemon may not list (EACCES to readers)
+    denied: dict[str, str] = field(default_factory=dict)
+    denied_dirs: set[str] = field(default_factory=set)  # every directory the daemon could not list
     stats_calls: int = 0
     # every directory listed (or found absent), by real path, with its mtime (None: absent): a mount snapshot
     # built from this resolution stays valid while these are unchanged (vfs.snapshot)
@@ -274,7 +279,13 @@ class _Scanner:
         self.rule = rule
         self.res = resolution
         self._dirs: dict[str, _Listing | None] = {}
+        self._denied: dict[str, str] = {}  # relative directory -> its real path, for listings refused
         self._denied_logged = False
+
+    def denied(self, rel: str) -> str | None:
+        """The directory the daemon was refused while looking for ``rel`` (its folder, or ``rel`` itself
+        as a directory of frames), or None."""
+        return self._denied.get(rel.rpartition("/")[0]) or self._denied.get(rel)
 
     def listing(self, rel_dir: str) -> _Listing | None:
         """The entries of ``root/rel_dir`` by name, or None when it is not a listable directory."""
@@ -292,9 +303,18 @@ class _Scanner:
         except (FileNotFoundError, NotADirectoryError):
             result = None
         except PermissionError as exc:
+            self.res.denied_dirs.add(real_dir)
+            self._denied[rel_dir] = real_dir
             if not self._denied_logged:
                 self._denied_logged = True
-                log.warning("%s upstream: cannot list %s: %s", self.rule.name, real_dir, exc.strerror)
+                log.warning(
+                    "%s upstream: cannot list %s: %s; its files are not served. Give the daemon "
+                    "CAP_DAC_READ_SEARCH (the shipped systemd unit does), or run it as a user in the "
+                    "directory's group",
+                    self.rule.name,
+                    real_dir,
+                    exc.strerror,
+                )
             result = None
         self._dirs[rel_dir] = result
         return result
@@ -439,11 +459,13 @@ class Upstreams:
                 continue
             rule, rest = matched
             scanner = scanners[rule.name]
+            denied: str | None = None
             for candidate in rule.candidates(rest):
                 hit: UpstreamFile | UpstreamDir | str | None = scanner.file(candidate)
                 if hit is None and rule.allows_dirs:
                     hit = scanner.directory(candidate)
                 if hit is None:
+                    denied = denied or scanner.denied(candidate)
                     continue
                 if isinstance(hit, str):
                     res.escaped.setdefault(path, os.path.join(rule.root, candidate))
@@ -455,6 +477,9 @@ class Upstreams:
                     res.dirs[path] = UpstreamDir(path, hit.rule, hit.real_path, hit.files, hit.root_real)
                 res.escaped.pop(path, None)
                 break
+            else:
+                if denied is not None and path not in res.escaped:
+                    res.denied[path] = denied
         if extras:
             for rule in self.rules:
                 self._extras(rule, scanners[rule.name], wanted_set, res)
@@ -513,6 +538,24 @@ class UpstreamReadError(UpstreamAccessError):
     log_level = logging.ERROR
 
 
+class DaemonCannotRead(UpstreamAccessError):
+    """The daemon itself may not open an upstream file (EACCES for the caller). Logged as a WARNING the
+    first time per path, with the fix; at DEBUG after that, so a data loader's retries do not flood."""
+
+    _warned: ClassVar[set[str]] = set()
+
+    def __init__(self, real_path: str) -> None:
+        super().__init__(
+            f"the daemon may not read {real_path}: give it CAP_DAC_READ_SEARCH (the shipped systemd unit "
+            "does; docs/cluster.md, 'Multi-user nodes'), or run it as a user in the file's group",
+            _errno.EACCES,
+        )
+        if real_path in self._warned:
+            self.log_level = logging.DEBUG
+        else:
+            self._warned.add(real_path)
+
+
 class UpstreamVanished(NotFound):
     """An upstream file that was there at start-up and is gone now (ENOENT)."""
 
@@ -525,9 +568,10 @@ class UpstreamChanged(RemoteChanged):
     log_level = logging.WARNING
 
 
-def open_checked(real_path: str, root_real: str, size: int) -> int:
+def open_checked(real_path: str, root_real: str, size: int, caller: Caller | None = None) -> int:
     """Blocking: open an upstream file read-only, re-checking that it is the regular file that was
-    resolved at start-up, inside its root, with the same size. Returns the fd (caller closes it)."""
+    resolved at start-up, inside its root, with the same size, and, for a ``caller`` (an ``allow_other``
+    mount), that they could open it at its real path. Returns the fd (caller closes it)."""
     try:
         # O_NOFOLLOW: the resolved path has no symlink as its last component; one swapped in since is refused.
         # O_NONBLOCK: a FIFO swapped in cannot hang the open.
@@ -539,6 +583,8 @@ def open_checked(real_path: str, root_real: str, size: int) -> int:
             raise UpstreamAccessError(
                 f"{real_path} became a symlink since start-up; refused", _errno.EACCES
             ) from None
+        if exc.errno in (_errno.EACCES, _errno.EPERM):
+            raise DaemonCannotRead(real_path) from None
         raise UpstreamAccessError(f"{real_path}: {exc.strerror}", exc.errno or _errno.EIO) from None
     try:
         st = os.fstat(fd)
@@ -555,6 +601,8 @@ def open_checked(real_path: str, root_real: str, size: int) -> int:
             raise UpstreamChanged(
                 f"{real_path} changed size since start-up ({size} -> {st.st_size} bytes); restart the mount"
             )
+        if caller is not None and root_real:
+            check_real_chain(real_path, root_real, caller)
     except BaseException:
         os.close(fd)
         raise
@@ -577,9 +625,13 @@ class UpstreamHandle(FdHandle):
             ) from None
 
 
-async def open_upstream(ref: UpstreamRef, limiter: trio.CapacityLimiter) -> UpstreamHandle:
+async def open_upstream(
+    ref: UpstreamRef, limiter: trio.CapacityLimiter, caller: Caller | None = None
+) -> UpstreamHandle:
     """Open an upstream file for one handle (the open and its checks run in a worker thread)."""
-    fd = await trio.to_thread.run_sync(open_checked, ref.real_path, ref.root, ref.size, limiter=limiter)
+    fd = await trio.to_thread.run_sync(
+        open_checked, ref.real_path, ref.root, ref.size, caller, limiter=limiter
+    )
     return UpstreamHandle(fd, ref, limiter)
 
 

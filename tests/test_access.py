@@ -1,0 +1,67 @@
+"""vfs.access without the kernel: the permission rule, the caller's groups, and the real-chain check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from vfs.access import UNREADABLE, Caller, Owner, check_real_chain, groups_of, permits, real_owner
+from vfs.errors import PermissionDenied
+
+GONE_PID = 2**22 + 12345  # above the kernel's pid_max: no such process
+
+
+def test_the_first_matching_class_decides() -> None:
+    owner = Owner(uid=10, gid=20, mode=0o074)  # the owner may do nothing, the group everything
+    assert not permits(owner, 10, frozenset({20}), 0o4), (
+        "the owner's bits apply to the owner, not the group's"
+    )
+    assert permits(owner, 11, frozenset({20}), 0o4 | 0o1)
+    assert permits(owner, 11, frozenset({21}), 0o4) and not permits(owner, 11, frozenset({21}), 0o1)
+
+
+def test_groups_come_from_the_process(tmp_path: Path) -> None:
+    child = subprocess.Popen(["setpriv", "--groups", "4242,4343", "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 10
+        while groups_of(Caller(0, 7, child.pid)) != {7, 4242, 4343}:
+            assert time.monotonic() < deadline, groups_of(Caller(0, 7, child.pid))
+            time.sleep(0.01)
+    finally:
+        child.kill()
+        child.wait()
+    assert groups_of(Caller(0, 7, GONE_PID)) == {7}, "a process that is gone keeps only its primary group"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to other users needs root")
+def test_the_real_chain_is_checked_from_the_root_down(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    licensed = root / "v2" / "clips"
+    licensed.mkdir(parents=True)
+    clip = licensed / "a.mp4"
+    clip.write_bytes(b"x")
+    for path, mode in ((root, 0o755), (root / "v2", 0o750), (licensed, 0o755), (clip, 0o644)):
+        os.chown(path, 4000, 4242)
+        path.chmod(mode)
+    outsider, licensee, owner = (
+        Caller(65534, 65534, GONE_PID),
+        Caller(5000, 4242, GONE_PID),
+        Caller(4000, 1, GONE_PID),
+    )
+    with pytest.raises(PermissionDenied, match=r"may not search .*v2$"):
+        check_real_chain(str(clip), str(root), outsider)
+    check_real_chain(str(clip), str(root), licensee)
+    check_real_chain(str(clip), str(root), owner)
+    check_real_chain(str(clip), str(root), Caller(0, 0, GONE_PID))  # root passes, as in the kernel
+    clip.chmod(0o600)
+    with pytest.raises(PermissionDenied, match=r"may not read .*a\.mp4$"):
+        check_real_chain(str(clip), str(root), licensee)
+    root.chmod(0o700)  # the root itself counts
+    with pytest.raises(PermissionDenied, match=r"may not search .*root$"):
+        check_real_chain(str(clip), str(root), Caller(5000, 4242, GONE_PID))
+    assert real_owner(str(tmp_path / "missing")) is UNREADABLE
+    assert real_owner(str(clip)) == Owner(4000, 4242, 0o600)
