@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -206,6 +208,44 @@ def test_a_snapshot_goes_stale_when_an_upstream_root_changes(indexed, demo, tmp_
     victim = next(p for p in served if p.startswith("academic_source/Charades/"))
     (charades / victim.rsplit("/", 1)[1]).unlink()
     assert open_snapshot(snap.path, cfg) is None  # a file removed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a directory refused to root needs a capability bound")
+def test_a_snapshot_goes_stale_when_a_refused_directory_can_be_listed(indexed, demo, tmp_path) -> None:
+    """A chmod, or a capability the daemon gains, changes no mtime: a directory the build could not list
+    is tried again at every start. The build runs as root bounded to no capability (setpriv), which may
+    not list a 0700 directory of another user; root with its capabilities then may."""
+    stage_upstreams(tmp_path / "up", demo)
+    clips = tmp_path / "up" / "ego4d" / "v2" / "clips"
+    os.chown(clips, 4000, 4000)
+    clips.chmod(0o700)
+    backdate(tmp_path / "up")
+    cfg = config(indexed, "refused", upstream_toml(tmp_path / "up"))
+    assert cfg.source is not None
+    script = (
+        "import logging, sys\n"
+        "from tests.test_snapshot import STATS\n"
+        "from vfs.config import load_config\n"
+        "from vfs.coverage import load_catalog_offline\n"
+        "from vfs.layout import CacheLayout\n"
+        "from vfs.snapshot import build_snapshot, open_snapshot\n"
+        "logging.disable(logging.WARNING)\n"
+        "cfg = load_config(sys.argv[1])\n"
+        "layout = CacheLayout(cfg.cache.dir)\n"
+        "_, plan, path = build_snapshot(cfg, layout, load_catalog_offline(cfg), stats=STATS)\n"
+        "assert plan.availability.resolution.denied_dirs, 'the build was not refused'\n"
+        "print(path, open_snapshot(path, cfg) is not None)\n"
+    )
+    done = subprocess.run(
+        ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-c", script, str(cfg.source)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=True,
+    )
+    path, current = done.stdout.split()
+    assert current == "True", "still refused: still current"
+    assert open_snapshot(Path(path), cfg) is None, "listable now: rebuilt"
 
 
 def test_a_snapshot_goes_stale_when_a_derived_file_is_gone(indexed) -> None:
