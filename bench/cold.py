@@ -40,7 +40,7 @@ from bench.common import (
 from bench.report import Check, Report
 
 if TYPE_CHECKING:
-    from vfs.catalog.shard_index import ShardIndex
+    from vfs.targz.shard_index import ShardIndex
 
 SIZE_CLASSES_MB = (0.5, 1, 2, 5, 10, 20, 50)
 # A realistic per-connection CDN rate (the Hub's CDN gives about 40-60 MB/s per connection).
@@ -73,8 +73,8 @@ def cold_spec(quick: bool, tiny: bool) -> RepoSpec:
 
 
 def run(report: Report, work: Path, data_dir: Path, *, quick: bool, tiny: bool = False) -> None:
-    from vfs.catalog.shard_index import ShardIndex
     from vfs.sources.member import PARALLEL_MIN_BYTES
+    from vfs.targz.shard_index import ShardIndex
 
     repo = build_repo(cold_spec(quick, tiny), data_dir)
     shard, shard_size = next(iter(repo.shards.items()))

@@ -282,7 +282,7 @@ def build_repo(spec: RepoSpec, data_dir: Path, *, video_dir: str = VIDEO_DIR) ->
 
 def scan_repo(root: Path) -> Repo:
     """The videos of an existing repo directory (e.g. a reviewer's): every ``.mp4`` member of every shard."""
-    from vfs.catalog.shard_index import normalize_member_path
+    from vfs.targz.shard_index import normalize_member_path
 
     repo = Repo(root)
     seen: set[str] = set()

@@ -41,12 +41,11 @@ from tests.reliability import (
     wait_for,
     write_cfg,
 )
-from vfs.catalog.shard_index import ShardIndex
 from vfs.errors import VfsError
 from vfs.hub.emulator import Fault, HubEmulator
-from vfs.layout import CacheLayout
-from vfs.sources.opener import index_path
+from vfs.layout import CacheLayout, index_path
 from vfs.sources.refs import MemberRef
+from vfs.targz.shard_index import ShardIndex
 
 FAULT_LOGS = (*RETRY_LOGS, *SKIPPED)
 

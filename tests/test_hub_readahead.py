@@ -16,7 +16,6 @@ from vfs.cache.store import CacheStore
 from vfs.errors import VfsError
 from vfs.hub.client import HubClient
 from vfs.hub.emulator import Fault, HubEmulator
-from vfs.sources.hubfile import block_key
 from vfs.sources.opener import Sources
 from vfs.sources.refs import HubFileRef
 
@@ -65,7 +64,7 @@ async def opened(served, tmp_path: Path) -> AsyncIterator[tuple[Sources, dict[st
 async def cached(sources: Sources, ref: HubFileRef, blocks: tuple[int, ...]) -> None:
     """Wait until every one of ``blocks`` is in the cache (the read-ahead publishes them)."""
     with trio.fail_after(20):
-        while not all(sources.cache.contains(block_key(ref, BS, i)) for i in blocks):  # noqa: ASYNC110
+        while not all(sources.cache.contains(ref.block_key(BS, i)) for i in blocks):  # noqa: ASYNC110
             await trio.sleep(0.01)
 
 
@@ -77,7 +76,7 @@ async def test_reading_in_order_fetches_ahead_and_never_twice(served, tmp_path) 
         handle = await sources.open(ref)
         body = bytearray(await handle.read(0, 4096))
         await cached(sources, ref, (1, 2, 3))  # the reader asked for block 0 only
-        assert not sources.cache.contains(block_key(ref, BS, 5))  # only a few blocks ahead
+        assert not sources.cache.contains(ref.block_key(BS, 5))  # only a few blocks ahead
         while len(body) < ref.size:
             body += await handle.read(len(body), 1 << 17)
         assert bytes(body) == (root / "big.bin").read_bytes()
@@ -110,7 +109,7 @@ async def test_a_failed_read_ahead_never_fails_the_reader(served, tmp_path) -> N
         await trio.sleep(0.3)
         emu.clear_faults()
         assert fault.fired >= 2  # the reader's fetch and the read-ahead's
-        assert not sources.cache.contains(block_key(ref, BS, 1))
+        assert not sources.cache.contains(ref.block_key(BS, 1))
         body = bytearray()
         while len(body) < ref.size:
             body += await handle.read(len(body), 1 << 17)

@@ -1,4 +1,4 @@
-"""Tests of the shard index (vfs/catalog/shard_index.py) and its zlib driver (vfs/catalog/zran.py).
+"""Tests of the shard index (vfs/targz/shard_index.py) and its zlib driver (vfs/targz/zran.py).
 
 Every archive is built here with ``tarfile`` (GNU, pax, ustar; GNU tar and gzip binaries too when
 installed) and compressed with zlib at several levels, as one gzip member or several concatenated.
@@ -33,8 +33,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vfs.catalog import zran
-from vfs.catalog.shard_index import (
+from vfs.demo.dataset import make_mp4
+from vfs.errors import IntegrityError
+from vfs.targz import zran
+from vfs.targz.shard_index import (
     MAGIC,
     CorruptIndex,
     CorruptShard,
@@ -44,8 +46,6 @@ from vfs.catalog.shard_index import (
     extract_member,
     normalize_member_path,
 )
-from vfs.demo.dataset import make_mp4
-from vfs.errors import IntegrityError
 
 MiB = 1024 * 1024
 MAX_FETCH_RATIO = 1.10  # bytes downloaded per member byte, for incompressible members >= 1 MB

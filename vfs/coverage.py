@@ -63,8 +63,9 @@ from vfs.guidance import (
     dataset_for_path,
     is_dataset_ancestor,
 )
+from vfs.hub.client import is_commit_sha
 from vfs.layout import CacheLayout
-from vfs.sources.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef
+from vfs.sources.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef, json_file
 from vfs.sources.upstream import Resolution, UpstreamDir, Upstreams
 
 if TYPE_CHECKING:
@@ -686,7 +687,6 @@ class MountPlan:
 
 def plan_mount(config: Config, layout: CacheLayout, catalog: CatalogData) -> MountPlan:
     """Blocking (thread only): resolve upstreams, build the ``.vfs/`` reports and filtered annotations."""
-    from vfs.view import json_file
 
     av = compute_availability(config, catalog)
     report = coverage_report(av)
@@ -727,11 +727,10 @@ def log_coverage(report: dict[str, object], config: Config) -> None:
 
 def load_catalog_offline(config: Config) -> CatalogData:
     """The catalog of the configured revision, from the cache only (no Hub): exit 4 when there is none."""
-    from vfs.daemon import SHA_RE
 
     catalogs = CatalogDir(CacheLayout(config.cache.dir).catalog, config.hub.repo)
     revision = config.hub.revision
-    commit = revision if SHA_RE.match(revision) else catalogs.read_pins().get(revision)
+    commit = revision if is_commit_sha(revision) else catalogs.read_pins().get(revision)
     if commit is None or not catalogs.exists(commit):
         raise ConfigError(
             f"no catalog of {config.hub.repo}@{revision} in {config.cache.dir}: run `llava-vfs index` first",

@@ -16,7 +16,6 @@ import ctypes
 import gc
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -40,7 +39,7 @@ from vfs.coverage import log_coverage
 from vfs.errors import ConfigError, FetchError, VfsError, exception_leaves
 from vfs.fuse_ops import Operations
 from vfs.guidance import Miss, MissReporter
-from vfs.hub.client import HubAccessError, HubClient
+from vfs.hub.client import HubAccessError, HubClient, is_commit_sha
 from vfs.layout import CacheLayout
 from vfs.metrics import metrics_server
 from vfs.namespace import NamespaceView
@@ -54,13 +53,10 @@ from vfs.snapshot import (
     snapshot_path,
 )
 from vfs.sources.opener import Sources
-from vfs.sources.refs import VirtualRef
-from vfs.view import json_file
+from vfs.sources.refs import VirtualRef, json_file
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 def sd_notify(message: str) -> None:
@@ -102,7 +98,7 @@ def open_client(config: Config, token: str | None) -> HubClient:
 async def pinned_commit(config: Config, catalogs: CatalogDir, client: HubClient | None) -> str:
     """The commit to serve: a sha given in the config, else the pin left by index, else resolve and pin."""
     revision = config.hub.revision
-    if SHA_RE.match(revision):
+    if is_commit_sha(revision):
         return revision
     pinned = catalogs.read_pins().get(revision)
     if pinned is not None:

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def index_path(index_dir: Path, shard_sha256: str) -> Path:
+    """Where the index of the shard with this LFS sha256 lives under ``index/``."""
+    return index_dir / shard_sha256[:2] / f"{shard_sha256}.idx"
+
+
 @dataclass(frozen=True)
 class CacheLayout:
     root: Path

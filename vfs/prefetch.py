@@ -214,16 +214,10 @@ def read_paths(source: str) -> list[str]:
 # -- what is cached --------------------------------------------------------------------------------------
 
 
-def block_count(ref: HubFileRef, block_size: int) -> int:
-    return max(1, -(-ref.size // block_size))
-
-
 def cache_keys(item: Item, block_size: int) -> list[str]:
-    from vfs.sources.hubfile import block_key
-
     if isinstance(item.ref, MemberRef):
         return [item.ref.cache_key]
-    return [block_key(item.ref, block_size, i) for i in range(block_count(item.ref, block_size))]
+    return [item.ref.block_key(block_size, i) for i in range(item.ref.block_count(block_size))]
 
 
 def cached_on_disk(layout: CacheLayout, key: str) -> bool:
@@ -389,7 +383,7 @@ async def _fetch_all(
                         fd = await sources.member_fd(item.ref)
                         os.close(fd)
                     else:
-                        for index in range(block_count(item.ref, sources.block_size)):
+                        for index in range(item.ref.block_count(sources.block_size)):
                             await sources.hub_block(item.ref, index)
                 except VfsError as exc:
                     report.failed.append((item.path, str(exc)))

@@ -17,10 +17,8 @@ path, and its guidance can name it. ``.vfs/`` holds the mount's own files.
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
-from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from vfs.catalog.catalog import CatalogData
@@ -150,9 +148,3 @@ def skeleton_prefixes(av: Availability) -> list[str]:
     for dataset in REGISTRY.values():
         prefixes += [p for p in dataset.prefixes if p.split("/", 1)[0] in av.wanted_tops]
     return list(dict.fromkeys(prefixes))
-
-
-def json_file(render: Callable[[], object], *, dynamic: bool = False) -> VirtualRef:
-    return VirtualRef(
-        lambda: (json.dumps(render(), indent=1, sort_keys=True) + "\n").encode(), dynamic=dynamic
-    )

@@ -61,6 +61,7 @@ from urllib.parse import quote
 import trio
 
 from vfs.errors import FetchError, IntegrityError
+from vfs.hub.client import is_commit_sha
 
 if TYPE_CHECKING:
     from vfs.cache.store import CacheStore
@@ -82,7 +83,6 @@ SHARED_DIR_MODE = 0o755
 _TEMP_MAX_AGE_S = 3600.0  # a live writer keeps its temp file's mtime fresh; older ones are leftovers
 _KEY_RE = re.compile(r"^(mem|blk)/([0-9a-f]{40}|[0-9a-f]{64})((?:/[0-9]{1,20})+)$")
 _DIGEST_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 class SharedCorrupt(IntegrityError):
@@ -468,13 +468,13 @@ class SharedTier:
         if data is None:
             return None
         commit = data.decode("ascii", "replace").strip()
-        if not _COMMIT_RE.match(commit):
+        if not is_commit_sha(commit):
             self._corrupt(self.pin_path(repo, revision), f"not a commit sha: {commit[:60]!r}")
             return None
         return commit
 
     def write_pin(self, repo: str, revision: str, commit: str) -> bool:
-        if not _COMMIT_RE.match(commit):
+        if not is_commit_sha(commit):
             raise ValueError(f"not a commit sha: {commit!r}")
         data = (commit + "\n").encode()
         return self._publish(
@@ -625,7 +625,7 @@ def verify_content_id(path: Path, *, size: int, content_id: str, is_lfs: bool) -
 
 
 def verify_shard_index(path: Path, shard_sha256: str) -> None:
-    from vfs.catalog.shard_index import ShardIndex
+    from vfs.targz.shard_index import ShardIndex
 
     # the key is the LFS sha256, or the git blob id of a shard stored without LFS
     ShardIndex.load(path, expected_sha256=shard_sha256 if len(shard_sha256) == 64 else None)
@@ -760,7 +760,6 @@ class SharedCache:
 
     async def block(self, ref: HubFileRef, block_size: int, index: int) -> bytes | None:
         """A Hub-file block from the share (verified), or None."""
-        from vfs.sources.hubfile import block_key, check_whole_file
 
         if not self.tier.readable():
             return None
@@ -768,15 +767,15 @@ class SharedCache:
         data = await self._call(
             f"reading {ref.path} block {index}",
             length,
-            lambda: self.tier.read_entry(block_key(ref, block_size, index), length),
+            lambda: self.tier.read_entry(ref.block_key(block_size, index), length),
         )
         if not isinstance(data, bytes):
             return None
         if index == 0 and length == ref.size:
             try:
-                await trio.to_thread.run_sync(check_whole_file, ref, data)
+                await trio.to_thread.run_sync(ref.check_whole, data)
             except IntegrityError as exc:
-                self.tier._corrupt(self.tier.entry_path(block_key(ref, block_size, index)), str(exc))
+                self.tier._corrupt(self.tier.entry_path(ref.block_key(block_size, index)), str(exc))
                 return None
         return data
 
@@ -875,7 +874,7 @@ def restore_catalog(
     """
     if tier is None:
         return None
-    commit: str | None = revision if _COMMIT_RE.match(revision) else catalogs.read_pins().get(revision)
+    commit: str | None = revision if is_commit_sha(revision) else catalogs.read_pins().get(revision)
     if commit is None:
         commit = tier.read_pin(catalogs.repo, revision)
         if commit is None:
@@ -939,7 +938,7 @@ class IndexShare:
         return cls(tier, config.hub.repo, configs=config.hub.configs, refresh=refresh)
 
     async def commit(self, revision: str, resolve: Callable[[], Awaitable[str]]) -> str:
-        if self.tier is not None and not self.refresh and not _COMMIT_RE.match(revision):
+        if self.tier is not None and not self.refresh and not is_commit_sha(revision):
             tier = self.tier
             pinned = await trio.to_thread.run_sync(lambda: tier.read_pin(self.repo, revision))
             if pinned is not None:
@@ -1007,7 +1006,7 @@ class IndexShare:
         def publish() -> None:
             dest = tier.catalog_path(self.repo, commit, self.configs)
             tier.publish_file(catalogs.db_path(commit), dest, replace=True)
-            if not _COMMIT_RE.match(revision) and tier.write_pin(self.repo, revision, commit):
+            if not is_commit_sha(revision) and tier.write_pin(self.repo, revision, commit):
                 log.info("shared cache: %s pinned to %s for the cluster", revision, commit)
 
         await trio.to_thread.run_sync(publish)

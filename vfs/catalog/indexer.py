@@ -6,7 +6,7 @@ Steps, each resumable and idempotent (re-running after an interruption redoes on
    ``annotations/<content id>.json``) and stream-parse it for the ``video`` paths it wants, skipping and
    counting hostile or malformed records;
 3. for each included shard without an index, one sequential streamed pass builds its seek index
-   (``vfs.catalog.shard_index``), saved under its LFS sha256 so a re-uploaded shard is never confused
+   (``vfs.targz.shard_index``), saved under its LFS sha256 so a re-uploaded shard is never confused
    with the old one; ``--jobs`` shards at a time;
 4. write the per-commit catalog and pin the revision to the commit.
 
@@ -31,14 +31,13 @@ import trio
 from vfs.cache.shared import IndexShare
 from vfs.catalog.annotations import AnnotationError, annotation_kind, iter_video_records, video_directory
 from vfs.catalog.catalog import CatalogData, CatalogDir, ShardInfo, WantedRow
-from vfs.catalog.shard_index import CorruptShard, ShardIndex, build_shard_index
 from vfs.config import Config
 from vfs.errors import ConfigError, FetchError, IntegrityError, VfsError, exception_leaves
 from vfs.hub.client import HubClient, RepoFile
-from vfs.layout import CacheLayout
+from vfs.layout import CacheLayout, index_path
 from vfs.snapshot import index_artifacts
-from vfs.sources.opener import index_path
 from vfs.sources.refs import HubFileRef, MemberRef
+from vfs.targz.shard_index import CorruptShard, ShardIndex, build_shard_index
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID

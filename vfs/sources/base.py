@@ -14,9 +14,14 @@ import contextlib
 import os
 import time
 from collections import OrderedDict
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
+
+if TYPE_CHECKING:
+    from vfs.cache.store import CacheStore
+    from vfs.hub.client import HubClient
+    from vfs.sources.refs import HubFileRef
 
 
 class Handle(Protocol):
@@ -28,6 +33,28 @@ class Handle(Protocol):
     async def read(self, offset: int, size: int) -> bytes: ...
 
     async def close(self) -> None: ...
+
+
+class FetchContext(Protocol):
+    """What a fetch may use of ``Sources`` (``vfs.sources.member``, ``vfs.sources.hubfile``): the pinned
+    commit, the local cache, the limiters and the Hub client, and nothing else of it."""
+
+    commit: str
+    cache: CacheStore
+    block_size: int
+    disk_limiter: trio.CapacityLimiter
+    cpu_limiter: trio.CapacityLimiter
+
+    def require_client(self, what: str) -> HubClient: ...
+
+
+class BlockSource(FetchContext, Protocol):
+    """What a Hub file's handle asks of ``Sources``: a block through the cache tiers (single-flight), and
+    blocks fetched ahead of a reader going in order."""
+
+    async def hub_block(self, ref: HubFileRef, index: int) -> bytes: ...
+
+    def read_ahead(self, ref: HubFileRef, indexes: range) -> None: ...
 
 
 class BytesHandle:

@@ -12,7 +12,6 @@ random reader fetches only the blocks it asks for.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -23,23 +22,9 @@ from vfs.errors import IntegrityError
 from vfs.sources.refs import HubFileRef
 
 if TYPE_CHECKING:
-    from vfs.sources.opener import Sources
+    from vfs.sources.base import BlockSource, FetchContext
 
 log = logging.getLogger(__name__)
-
-
-def block_key(ref: HubFileRef, block_size: int, index: int) -> str:
-    return f"blk/{ref.content_id}/{block_size}/{index}"
-
-
-def check_whole_file(ref: HubFileRef, data: bytes) -> None:
-    """Verify a complete file against the checksum of the listing."""
-    if ref.lfs_sha256 is not None:
-        ok = hashlib.sha256(data).hexdigest() == ref.lfs_sha256
-    else:
-        ok = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == ref.blob_id
-    if not ok:
-        raise IntegrityError(f"{ref.path}: checksum does not match the Hub listing")
 
 
 # Blocks fetched ahead of a reader that reads a file in order (kernel readahead only ever asks for the next
@@ -51,7 +36,7 @@ class HubFileHandle:
     keep_cache = True
     direct_io = False
 
-    def __init__(self, sources: Sources, ref: HubFileRef) -> None:
+    def __init__(self, sources: BlockSource, ref: HubFileRef) -> None:
         self._sources = sources
         self._ref = ref
         # The kernel reads in 128 KiB-1 MiB requests, several per block: keep the last block so that
@@ -67,7 +52,7 @@ class HubFileHandle:
         self._next_block = last + 1
         if not sequential:
             return
-        blocks = -(-self._ref.size // self._sources.block_size)
+        blocks = self._ref.block_count(self._sources.block_size)
         start, stop = max(last + 1, self._ahead_to), min(last + 1 + READ_AHEAD_BLOCKS, blocks)
         if start < stop:
             self._ahead_to = stop
@@ -100,7 +85,7 @@ class HubFileHandle:
 BLOCK_ATTEMPTS = 3
 
 
-async def fetch_block(sources: Sources, ref: HubFileRef, index: int) -> bytes:
+async def fetch_block(sources: FetchContext, ref: HubFileRef, index: int) -> bytes:
     """Fetch one block from the Hub, verify it, publish it to the cache, return its bytes."""
     bs = sources.block_size
     start = index * bs
@@ -114,23 +99,23 @@ async def fetch_block(sources: Sources, ref: HubFileRef, index: int) -> bytes:
                     f"{ref.path}: block {index} came back with {len(data)} bytes, not {end - start}"
                 )
             if start == 0 and end == ref.size:
-                await trio.to_thread.run_sync(check_whole_file, ref, data, limiter=sources.cpu_limiter)
+                await trio.to_thread.run_sync(ref.check_whole, data, limiter=sources.cpu_limiter)
             break
         except IntegrityError as exc:
             if attempt == BLOCK_ATTEMPTS:
                 raise
             log.warning("%s; refetching (attempt %d of %d)", exc, attempt + 1, BLOCK_ATTEMPTS)
-    key = block_key(ref, bs, index)
+    key = ref.block_key(bs, index)
     await trio.to_thread.run_sync(sources.cache.publish, key, data, limiter=sources.disk_limiter)
     log.debug("fetched %s block %d (%d bytes)", ref.path, index, len(data))
     return data
 
 
-def read_cached_block(sources: Sources, ref: HubFileRef, index: int) -> bytes | None:
+def read_cached_block(sources: FetchContext, ref: HubFileRef, index: int) -> bytes | None:
     """Blocking: the block from the cache, or None. Runs in a worker thread."""
     bs = sources.block_size
     length = min(bs, ref.size - index * bs)
-    fd = sources.cache.lookup(block_key(ref, bs, index), size=length)
+    fd = sources.cache.lookup(ref.block_key(bs, index), size=length)
     if fd is None:
         return None
     try:

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from vfs.catalog.shard_index import Member, MemberExtractor, ShardIndex
 from vfs.errors import FetchError, IntegrityError, typed_error
 from vfs.sources.refs import MemberRef
+from vfs.targz.shard_index import Member, MemberExtractor, ShardIndex
 
 if TYPE_CHECKING:
     from vfs.hub.client import HubClient
-    from vfs.sources.opener import Sources
+    from vfs.sources.base import FetchContext
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 MEMBER_ATTEMPTS = 5
 
 
-async def fetch_member(sources: Sources, ref: MemberRef, index: ShardIndex) -> None:
+async def fetch_member(sources: FetchContext, ref: MemberRef, index: ShardIndex) -> None:
     """Download, inflate, verify and publish one member; retried on integrity failures."""
     member = index.member(ref.member_path)
     if member is None or member.offset != ref.offset or member.size != ref.size:
@@ -56,7 +56,7 @@ async def fetch_member(sources: Sources, ref: MemberRef, index: ShardIndex) -> N
 
 
 async def _fetch_once(
-    sources: Sources,
+    sources: FetchContext,
     ref: MemberRef,
     index: ShardIndex,
     member: Member,

@@ -19,15 +19,16 @@ import trio
 from cachetools import LRUCache
 
 from vfs.access import Caller
-from vfs.catalog.shard_index import ShardIndex
 from vfs.errors import FetchError, VfsError
-from vfs.metrics import FetchTimings
+from vfs.layout import index_path
 from vfs.sources.base import BytesHandle, FdCache, FdHandle, Handle
-from vfs.sources.hubfile import HubFileHandle, block_key, fetch_block, read_cached_block
+from vfs.sources.hubfile import HubFileHandle, fetch_block, read_cached_block
 from vfs.sources.member import fetch_member
 from vfs.sources.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef, VirtualRef
 from vfs.sources.singleflight import SingleFlight
+from vfs.sources.timings import FetchTimings
 from vfs.sources.upstream import open_local, open_upstream
+from vfs.targz.shard_index import ShardIndex
 
 if TYPE_CHECKING:
     from vfs.cache.shared import SharedCache
@@ -35,10 +36,6 @@ if TYPE_CHECKING:
     from vfs.hub.client import HubClient
 
 log = logging.getLogger(__name__)
-
-
-def index_path(index_dir: Path, shard_sha256: str) -> Path:
-    return index_dir / shard_sha256[:2] / f"{shard_sha256}.idx"
 
 
 class Sources:
@@ -102,8 +99,8 @@ class Sources:
         if isinstance(ref, MemberRef):
             return self.cache.contains(ref.cache_key)
         if isinstance(ref, HubFileRef):
-            blocks = max(1, -(-ref.size // self.block_size))
-            return all(self.cache.contains(block_key(ref, self.block_size, i)) for i in range(blocks))
+            blocks = ref.block_count(self.block_size)
+            return all(self.cache.contains(ref.block_key(self.block_size, i)) for i in range(blocks))
         return True
 
     async def hub_block(self, ref: HubFileRef, index: int) -> bytes:
@@ -111,7 +108,7 @@ class Sources:
         if data is not None:
             return data
         result = await self._flights.run(
-            block_key(ref, self.block_size, index), lambda: self._fetch_block(ref, index)
+            ref.block_key(self.block_size, index), lambda: self._fetch_block(ref, index)
         )
         assert isinstance(result, bytes)
         return result
@@ -126,7 +123,7 @@ class Sources:
         for index in indexes:
             if self.client is None and self.shared is None:
                 return
-            key = block_key(ref, self.block_size, index)  # the cache key, and the key its flight runs under
+            key = ref.block_key(self.block_size, index)  # the cache key, and the key its flight runs under
             if await trio.to_thread.run_sync(self.cache.contains, key, limiter=self.disk_limiter):
                 continue
             self._flights.start(key, functools.partial(self._fetch_ahead, ref, index))
@@ -148,14 +145,14 @@ class Sources:
         if self.shared is not None:
             data = await self.shared.block(ref, self.block_size, index)
             if data is not None:
-                key = block_key(ref, self.block_size, index)
+                key = ref.block_key(self.block_size, index)
                 await trio.to_thread.run_sync(self.cache.publish, key, data, limiter=self.disk_limiter)
                 self.timings.observe("block", "shared", trio.current_time() - started_s)
                 return data
         data = await fetch_block(self, ref, index)
         self.timings.observe("block", "hub", trio.current_time() - started_s)
         if self.shared is not None:
-            self.shared.publish_block_soon(block_key(ref, self.block_size, index), data)
+            self.shared.publish_block_soon(ref.block_key(self.block_size, index), data)
         return data
 
     async def member_fd(self, ref: MemberRef) -> int:

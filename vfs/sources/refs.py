@@ -1,12 +1,17 @@
 """Refs: the small immutable records a namespace node keeps to say where its bytes come from.
 
-They are data only (no behaviour), persisted in the catalog and cheap to hold 180K of in memory.
+They are data, plus what follows from it alone: the cache keys their bytes are stored under and the
+checksum a Hub file is verified against. Persisted in the catalog, and cheap to hold 180K of in memory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from vfs.errors import IntegrityError
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +26,24 @@ class HubFileRef:
     @property
     def content_id(self) -> str:
         return self.lfs_sha256 or self.blob_id
+
+    def block_key(self, block_size: int, index: int) -> str:
+        """The cache key of block ``index`` when the file is cached in blocks of ``block_size``."""
+        return f"blk/{self.content_id}/{block_size}/{index}"
+
+    def block_count(self, block_size: int) -> int:
+        """How many blocks of ``block_size`` the file is cached in (an empty file is one empty block)."""
+        return max(1, -(-self.size // block_size))
+
+    def check_whole(self, data: bytes) -> None:
+        """Raise ``IntegrityError`` unless ``data`` is the whole file the listing describes (blocking:
+        it hashes every byte)."""
+        if self.lfs_sha256 is not None:
+            ok = hashlib.sha256(data).hexdigest() == self.lfs_sha256
+        else:
+            ok = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == self.blob_id
+        if not ok:
+            raise IntegrityError(f"{self.path}: checksum does not match the Hub listing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +100,10 @@ class VirtualRef:
 
     render: Callable[[], bytes]
     dynamic: bool = False
+
+
+def json_file(render: Callable[[], object], *, dynamic: bool = False) -> VirtualRef:
+    """A ``.vfs/`` file holding ``render()`` as indented, key-sorted JSON."""
+    return VirtualRef(
+        lambda: (json.dumps(render(), indent=1, sort_keys=True) + "\n").encode(), dynamic=dynamic
+    )

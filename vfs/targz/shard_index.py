@@ -16,7 +16,7 @@ measured on H.264 mp4 members) and an index costs a few dozen bytes per member i
 
 Tar parsing is the standard library's ``tarfile`` in stream mode (GNU, pax, ustar and v7 headers, long
 names, ``./`` prefixes); member data is hashed straight from zlib's output while tarfile skips over it.
-The deflate mechanics are in ``vfs.catalog.zran``.
+The deflate mechanics are in ``vfs.targz.zran``.
 
 Invariants:
 
@@ -74,8 +74,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, cast
 
-from vfs.catalog import zran
 from vfs.errors import IntegrityError
+from vfs.targz import zran
 
 logger = logging.getLogger(__name__)
 
