@@ -39,6 +39,7 @@ $(STAMP): pyproject.toml $(LOCKS)/build.lock $(LOCKS)/test.lock
 lint: deps
 	$(PY) -m ruff check vfs tests bench mount.py
 	$(PY) -m mypy vfs
+	$(VENV)/bin/lint-imports --no-cache
 
 # pytest's closing line ("N passed ...") is the last thing printed.
 test: deps lint

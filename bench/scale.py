@@ -60,7 +60,7 @@ def build_catalog(
 
     from vfs.catalog.catalog import CatalogData, CatalogDir, ShardInfo, WantedRow
     from vfs.layout import CacheLayout
-    from vfs.sources.refs import HubFileRef, MemberRef
+    from vfs.refs import HubFileRef, MemberRef
 
     t0 = time.perf_counter()
     rng = random.Random(178)

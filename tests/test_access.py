@@ -24,8 +24,8 @@ from vfs.cache.store import CacheStore
 from vfs.core import FsCore
 from vfs.errors import PermissionDenied
 from vfs.namespace import NamespaceBuilder
+from vfs.refs import UpstreamRef, VirtualRef
 from vfs.sources.opener import Sources
-from vfs.sources.refs import UpstreamRef, VirtualRef
 from vfs.view import upstream_dir_ref
 
 GONE_PID = 2**22 + 12345  # above the kernel's pid_max: no such process

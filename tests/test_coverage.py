@@ -18,7 +18,6 @@ from tests.conftest import REPO_ID
 from tests.mounting import cli, write_config
 from vfs.catalog.annotations import normalise_video_path
 from vfs.catalog.catalog import CatalogDir
-from vfs.catalog.indexer import index_async
 from vfs.config import load_config
 from vfs.coverage import (
     KIND_SHARD,
@@ -32,8 +31,9 @@ from vfs.coverage import (
     write_missing_tsv,
 )
 from vfs.demo.dataset import video_bytes
+from vfs.indexer import index_async
 from vfs.layout import CacheLayout
-from vfs.sources.refs import MemberRef, UpstreamRef
+from vfs.refs import MemberRef, UpstreamRef
 
 pytestmark = pytest.mark.allow_log(r"skipped video", r"records skipped")
 

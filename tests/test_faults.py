@@ -44,7 +44,7 @@ from tests.reliability import (
 from vfs.errors import VfsError
 from vfs.hub.emulator import Fault, HubEmulator
 from vfs.layout import CacheLayout, index_path
-from vfs.sources.refs import MemberRef
+from vfs.refs import MemberRef
 from vfs.targz.shard_index import ShardIndex
 
 FAULT_LOGS = (*RETRY_LOGS, *SKIPPED)

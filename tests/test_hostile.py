@@ -329,7 +329,7 @@ from vfs.core import FsCore
 from vfs.fuse_ops import Operations
 from vfs.namespace import NamespaceBuilder
 from vfs.sources.opener import Sources
-from vfs.sources.refs import VirtualRef
+from vfs.refs import VirtualRef
 
 class UnknownRef:
     pass

@@ -16,8 +16,8 @@ from vfs.cache.store import CacheStore
 from vfs.errors import VfsError
 from vfs.hub.client import HubClient
 from vfs.hub.emulator import Fault, HubEmulator
+from vfs.refs import HubFileRef
 from vfs.sources.opener import Sources
-from vfs.sources.refs import HubFileRef
 
 pytestmark = pytest.mark.usefixtures("no_machine_token")
 

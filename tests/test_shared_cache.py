@@ -22,11 +22,11 @@ from vfs.cache.shared import (
     SharedCache,
     SharedTier,
     iter_shared_files,
-    restore_catalog,
 )
 from vfs.cache.store import CacheStore
 from vfs.catalog.catalog import CatalogDir
-from vfs.sources.refs import MemberRef
+from vfs.catalog.share import restore_catalog
+from vfs.refs import MemberRef
 
 KiB = 1 << 10
 

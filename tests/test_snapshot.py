@@ -23,19 +23,19 @@ from tests.conftest import REPO_ID
 from tests.mounting import Mount, write_config
 from tests.test_coverage import stage_upstreams, upstream_toml
 from vfs.catalog.catalog import CatalogDir
-from vfs.catalog.indexer import index_async
 from vfs.config import Config, load_config
 from vfs.coverage import load_catalog_offline
 from vfs.demo.dataset import video_bytes
+from vfs.indexer import index_async
 from vfs.layout import CacheLayout
 from vfs.namespace import ROOT_INO, Namespace, NamespaceView, Node
+from vfs.refs import UpstreamDirRef, UpstreamRef, VirtualRef
 from vfs.snapshot import (
     Snapshot,
     build_snapshot,
     open_snapshot,
     snapshot_key,
 )
-from vfs.sources.refs import UpstreamDirRef, UpstreamRef, VirtualRef
 
 pytestmark = pytest.mark.allow_log(r"skipped video", r"records skipped")
 

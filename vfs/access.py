@@ -1,12 +1,6 @@
 """Who may read what: the owner and mode each entry shows, and the caller's check against an upstream
-file's real path.
-
-Hub-served entries and ``.vfs/`` show the ``[mount]`` owner and modes; upstream files, and directories
-that exist only for one upstream dataset, show their real path's owner, group and permission bits, read
-live (never frozen in a snapshot). The kernel enforces what the mount shows (``default_permissions``);
-because the mount's directory chain differs from the real one, an upstream open on an ``allow_other``
-mount also checks the caller against every real directory from the dataset's root down, and the file.
-The rules and their reasons are in docs/cluster.md ("Multi-user nodes and licensed datasets").
+file's real path. The rules and why they hold: docs/design.md, "Permissions"; what they mean for a lab:
+docs/cluster.md, "Multi-user nodes and licensed datasets".
 
 Everything here that touches the disk or ``/proc`` blocks: callers run it in a worker thread.
 """

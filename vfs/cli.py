@@ -48,7 +48,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     config = _load(args)
     check_writable_cache(config)
-    from vfs.catalog.indexer import run_index
+    from vfs.indexer import run_index
 
     return run_index(config, jobs=args.jobs, progress=not args.no_progress, refresh=args.refresh)
 

@@ -5,11 +5,7 @@ immutable tree (a ``NamespaceView``: in memory, or a mount snapshot loaded lazil
 that serve bytes. It returns domain objects (``Node``, ``bytes``) and raises ``vfs.errors`` types; the
 pyfuse3 adapter (``vfs.fuse_ops``) converts both and is the one error boundary.
 
-Invariants:
-- Read-only: any open for writing is ``ReadOnly`` (EROFS); the adapter answers every mutating call so.
-- Sizes are exact before any download (they come from the catalog), and reads never go past them.
-- Open handles live in ``_handles`` (trio thread only, never mutated across an await).
-- Owners and modes follow ``vfs.access``: upstream entries are stat'ed live, off the trio thread.
+Its invariants: docs/design.md, "The core".
 """
 
 from __future__ import annotations
@@ -27,9 +23,9 @@ from vfs.access import Caller, HubOwnership, Owner, real_owner
 from vfs.errors import IsADirectory, NoAttribute, NotFound, PermissionDenied, ReadOnly
 from vfs.guidance import REASON_UNREADABLE
 from vfs.namespace import NamespaceView, Node
+from vfs.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamDirRef, UpstreamRef, VirtualRef
 from vfs.sources.base import Handle
 from vfs.sources.opener import Sources
-from vfs.sources.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamDirRef, UpstreamRef, VirtualRef
 
 log = logging.getLogger(__name__)
 

@@ -65,11 +65,11 @@ from vfs.guidance import (
 )
 from vfs.hub.client import is_commit_sha
 from vfs.layout import CacheLayout
-from vfs.sources.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef, json_file
+from vfs.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef, json_file
 from vfs.sources.upstream import Resolution, UpstreamDir, Upstreams
 
 if TYPE_CHECKING:
-    from vfs.sources.refs import VirtualRef
+    from vfs.refs import VirtualRef
 
 log = logging.getLogger(__name__)
 

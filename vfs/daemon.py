@@ -30,9 +30,10 @@ import pyfuse3
 import trio
 
 from vfs.access import HubOwnership
-from vfs.cache.shared import open_shared_cache, restore_from_share_async
+from vfs.cache.shared import open_shared_cache
 from vfs.cache.store import CacheStore
 from vfs.catalog.catalog import CatalogData, CatalogDir, CatalogError
+from vfs.catalog.share import restore_from_share_async
 from vfs.config import Config, MountConfig
 from vfs.core import FsCore
 from vfs.coverage import log_coverage
@@ -43,6 +44,7 @@ from vfs.hub.client import HubAccessError, HubClient, is_commit_sha
 from vfs.layout import CacheLayout
 from vfs.metrics import metrics_server
 from vfs.namespace import NamespaceView
+from vfs.refs import VirtualRef, json_file
 from vfs.snapshot import (
     STATS_FILE,
     Snapshot,
@@ -53,7 +55,6 @@ from vfs.snapshot import (
     snapshot_path,
 )
 from vfs.sources.opener import Sources
-from vfs.sources.refs import VirtualRef, json_file
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ async def _read_catalog(
     if client is None:
         raise ConfigError(f"no catalog for commit {commit} and the Hub is offline", 4)
     files = await hub_call(client.list_files(commit), config)
-    from vfs.sources.refs import HubFileRef
+    from vfs.refs import HubFileRef
 
     data = CatalogData(
         repo=config.hub.repo,

@@ -40,7 +40,7 @@ from vfs.catalog.catalog import CatalogData, CatalogDir
 from vfs.config import Config
 from vfs.errors import ConfigError, VfsError
 from vfs.layout import CacheLayout
-from vfs.sources.refs import HubFileRef, MemberRef
+from vfs.refs import HubFileRef, MemberRef
 
 if TYPE_CHECKING:
     from vfs.cache.store import CacheStore
@@ -87,7 +87,7 @@ def local_catalog(config: Config) -> CatalogData:
 
     ``ConfigError`` exit 4 when there is none (run ``llava-vfs index``), 3 when it is unreadable.
     """
-    from vfs.cache.shared import restore_from_share
+    from vfs.catalog.share import restore_from_share
     from vfs.coverage import load_catalog_offline
 
     catalogs = CatalogDir(CacheLayout(config.cache.dir).catalog, config.hub.repo)
@@ -109,7 +109,7 @@ def catalog_for_prefetch(config: Config, *, dry: bool, progress: bool) -> Catalo
         catalog = None
     if catalog is not None and (catalog.indexed or dry or config.hub.offline):
         return catalog
-    from vfs.catalog.indexer import run_index
+    from vfs.indexer import run_index
 
     print(
         "llava-vfs prefetch: this config has no index yet; running `llava-vfs index` first", file=sys.stderr

@@ -14,20 +14,7 @@ kernel asks about (bench/RESULTS.md, "Scale").
   scan per listed directory, each kept in bounded LRU caches (cachetools). ``SnapshotExplainer`` answers
   lookup misses from the ``facts`` table with the same logic as the in-memory ``Availability``.
 
-When a snapshot is current:
-- its name carries a digest of the catalog file's identity (size and mtime: a rewritten catalog is a new
-  file), the view settings, ``[mount] exclude``, the upstream entries and the format version;
-- every upstream directory the build could not list still cannot be listed (permissions change no mtime);
-- every upstream directory the build listed still has the mtime it had (a file added to or removed from an
-  upstream root changes its directory's mtime); directories changed within ``RACY_WINDOW_S`` of the build
-  are never trusted, as git does with racily clean files, since a coarse clock could hide a later change;
-- every derived file it serves (``.vfs/missing.tsv``, ``.vfs/available/...``) still exists with its size.
-  Those live in the cache dir and are stored relative to it, so a cache dir copied whole keeps working.
-
-Invariants: a snapshot is immutable once renamed into place; inode numbers are its row ids, so they are the
-ones the in-memory namespace had and stay stable for the life of a mount; directory listings come back in
-the same order as ``Namespace.sorted_names`` (SQLite's BINARY collation orders UTF-8 by code point, as Python
-orders ``str``), so readdir offsets agree between the two.
+When a snapshot is current, and what stays stable: docs/design.md, "The mount snapshot".
 """
 
 from __future__ import annotations
@@ -53,7 +40,7 @@ from vfs.durable import publish
 from vfs.errors import IntegrityError
 from vfs.layout import CacheLayout
 from vfs.namespace import ROOT_INO, Namespace, Node
-from vfs.sources.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamDirRef, UpstreamRef, VirtualRef
+from vfs.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamDirRef, UpstreamRef, VirtualRef
 from vfs.sources.upstream import Upstreams
 from vfs.view import build_view
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 from vfs.catalog.catalog import CatalogData
 from vfs.guidance import REGISTRY
 from vfs.namespace import Namespace, NamespaceBuilder, PathConflict
-from vfs.sources.refs import UpstreamDirRef, UpstreamRef, VirtualRef
+from vfs.refs import UpstreamDirRef, UpstreamRef, VirtualRef
 
 if TYPE_CHECKING:
     from vfs.coverage import Availability

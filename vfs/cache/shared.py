@@ -6,37 +6,7 @@ Responsibility
     JSONs, repo listings, catalogs and revision pins -- where other nodes find them, and copy them back
     into a node's own cache, verified. Lookup order for bytes: local cache, shared tier, Hub.
 
-Layout (under ``<shared_dir>/llava-vfs-shared-v1/``; a format change bumps the name)::
-
-    tmp/                                        temp files being written (same filesystem, so rename works)
-    data/mem/<ab>/<shard sha256>/<offset>       a shard member: content, its sha256 (32 bytes), magic
-    data/blk/<ab>/<content id>/<block>/<index>  a Hub-file block, same format
-    index/<ab>/<shard sha256>.idx               a shard index (the local format, self-checking)
-    annotations/<content id>.json               an annotation JSON (checked against its content id)
-    catalog/<repo slug>/<commit>.<configs>.sqlite  a per-commit catalog (per ``[hub] configs`` selection)
-    catalog/<repo slug>/<commit>.files.json     the repo listing at that commit
-    catalog/<repo slug>/pins/<revision>         the commit the cluster serves for a revision (percent-encoded)
-
-Invariants
-- Safe with many writers: everything is written to a uniquely named temp file in ``tmp/``, fsynced and
-  renamed into place, so a reader sees a complete file or none. Two nodes publishing the same key write
-  the same bytes; the last rename wins and both are complete. Nothing is read-modify-written (a pin is one
-  file per revision).
-- Nothing from the share is trusted: a member is copied into the local cache through ``CacheStore.writer``
-  with the sha256 the catalog recorded at index time (and the recorded digest in the file must agree); a
-  block is checked against the digest stored with it (and against the listing's checksum when it is the
-  whole file); an annotation against its LFS sha256 or git blob id; a shard index by its own checksums
-  and its shard sha256; a catalog by its schema version and commit. A bad file is a WARNING and a miss,
-  and the next publish of the good bytes (after the Hub fetch) replaces it.
-- Tolerant of a slow or briefly unavailable share: every error there is a WARNING (one per outage, not
-  one per file) and a miss, never a reader error. After a failure the share is not tried again for
-  ``retry_after_s`` (separately for reads and writes, so a full share still serves reads). The trio-side
-  facade ``SharedCache`` bounds every call with a timeout and abandons a hung thread, so a hard-mounted NFS
-  server that stops answering costs one timeout, then the Hub.
-- The local tier stays bounded by ``max_size``: copies go through the local ``CacheStore`` and its LRU.
-  The shared tier itself is not bounded by this program (size it for the dataset; see docs/cluster.md).
-- Keys come from catalog data (hex digests, integers); they are checked against a strict pattern before
-  they become paths, so nothing is ever read or written outside the shared root.
+The layout and the rules that make it safe with many writers: docs/design.md, "The shared tier".
 """
 
 from __future__ import annotations
@@ -48,7 +18,6 @@ import logging
 import os
 import re
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -65,10 +34,9 @@ from vfs.hub.client import is_commit_sha
 
 if TYPE_CHECKING:
     from vfs.cache.store import CacheStore
-    from vfs.catalog.catalog import CatalogDir
     from vfs.config import Config
     from vfs.hub.client import RepoFile
-    from vfs.sources.refs import HubFileRef, MemberRef
+    from vfs.refs import HubFileRef, MemberRef
 
 log = logging.getLogger(__name__)
 
@@ -631,26 +599,6 @@ def verify_shard_index(path: Path, shard_sha256: str) -> None:
     ShardIndex.load(path, expected_sha256=shard_sha256 if len(shard_sha256) == 64 else None)
 
 
-def verify_catalog(path: Path, *, repo: str, commit: str) -> None:
-    """A light check of a catalog database: readable, this schema version, this repo and commit."""
-    from vfs.catalog.catalog import SCHEMA_VERSION
-
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            meta = dict(con.execute("SELECT key, value FROM meta"))
-            con.execute("SELECT count(*) FROM members").fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error as exc:
-        raise IntegrityError(f"not a readable catalog: {exc}") from None
-    if meta.get("version") != SCHEMA_VERSION or meta.get("commit") != commit or meta.get("repo") != repo:
-        raise IntegrityError(
-            f"catalog of version {meta.get('version')!r}, repo {meta.get('repo')!r}, commit "
-            f"{meta.get('commit')!r}; expected {SCHEMA_VERSION!r}, {repo!r}, {commit!r}"
-        )
-
-
 def _listing_to_json(repo: str, commit: str, files: list[RepoFile]) -> bytes:
     rows = [[f.path, f.size, f.blob_id, f.lfs_sha256] for f in files]
     return json.dumps({"repo": repo, "commit": commit, "files": rows}, separators=(",", ":")).encode()
@@ -861,58 +809,6 @@ async def open_shared_cache(config: Config, nursery: trio.Nursery) -> SharedCach
     return SharedCache(tier, nursery)
 
 
-# -- catalogs and pins: used by the daemon, prefetch, yaml (blocking) --------------------------------
-
-
-def restore_catalog(
-    tier: SharedTier | None, catalogs: CatalogDir, revision: str, configs: tuple[str, ...] = ()
-) -> str | None:
-    """Make the local catalog dir hold the cluster's pin and catalog when it has none of its own.
-
-    A revision with no local pin takes the shared pin (so every node serves the same commit); a pinned
-    commit with no local catalog gets the shared one. Returns the commit it found, if any. Blocking.
-    """
-    if tier is None:
-        return None
-    commit: str | None = revision if is_commit_sha(revision) else catalogs.read_pins().get(revision)
-    if commit is None:
-        commit = tier.read_pin(catalogs.repo, revision)
-        if commit is None:
-            return None
-        catalogs.pin(revision, commit)
-        log.info("revision %r of %s pinned to %s by the shared cache", revision, catalogs.repo, commit)
-    if not catalogs.exists(commit):
-        src = tier.catalog_path(catalogs.repo, commit, configs)
-        if tier.fetch_file(
-            src, catalogs.db_path(commit), lambda p: verify_catalog(p, repo=catalogs.repo, commit=commit)
-        ):
-            log.info("catalog of %s@%s copied from the shared cache", catalogs.repo, commit[:12])
-    return commit
-
-
-def restore_from_share(config: Config, catalogs: CatalogDir) -> str | None:
-    """``restore_catalog`` for the configured shared tier (no-op without one). Blocking."""
-    if config.cache.shared_dir is None:
-        return None
-    tier = SharedTier(config.cache.shared_dir)
-    return restore_catalog(tier, catalogs, config.hub.revision, config.hub.configs)
-
-
-async def restore_from_share_async(config: Config, catalogs: CatalogDir) -> None:
-    """``restore_from_share`` in a worker thread, given up (with one WARNING) if the share hangs."""
-    if config.cache.shared_dir is None:
-        return
-    with trio.move_on_after(START_TIMEOUT_S):
-        await trio.to_thread.run_sync(restore_from_share, config, catalogs, abandon_on_cancel=True)
-        return
-    log.warning(
-        "shared cache %s: no answer within %.0fs while looking for the cluster's pin and catalog; "
-        "going on without them",
-        config.cache.shared_dir,
-        START_TIMEOUT_S,
-    )
-
-
 # -- the indexer's view of the share (async, awaited inline: index is a batch job) --------------------
 
 
@@ -997,15 +893,16 @@ class IndexShare:
         if tier is not None:
             await trio.to_thread.run_sync(lambda: tier.publish_file(src, tier.index_path(shard_sha256)))
 
-    async def publish_catalog(self, catalogs: CatalogDir, commit: str, revision: str) -> None:
-        """Publish the catalog of ``commit`` and pin ``revision`` to it for the whole cluster."""
+    async def publish_catalog(self, db_path: Path, commit: str, revision: str) -> None:
+        """Publish the catalog of ``commit`` (the file at ``db_path``) and pin ``revision`` to it for the
+        whole cluster."""
         tier = self.tier
         if tier is None:
             return
 
         def publish() -> None:
             dest = tier.catalog_path(self.repo, commit, self.configs)
-            tier.publish_file(catalogs.db_path(commit), dest, replace=True)
+            tier.publish_file(db_path, dest, replace=True)
             if not is_commit_sha(revision) and tier.write_pin(self.repo, revision, commit):
                 log.info("shared cache: %s pinned to %s for the cluster", revision, commit)
 

@@ -6,36 +6,7 @@ Responsibility
     byte quota with LRU eviction, and never hand out bytes that were not verified. The API is
     synchronous and thread-safe; the async daemon calls it through ``trio.to_thread.run_sync``.
 
-On-disk layout (all under ``root``, the daemon's own subdirectory; nothing outside it is touched)::
-
-    root/lock                               lockf()ed by the one process that owns the root
-    root/entries-v1/ab/cd/<sha256(key)>     content bytes, then the trailer
-    root/tmp/                               temp files being written; evicted files being unlinked
-    root/quarantine/                        the newest few entries that failed verification
-
-An entry file is the content (offsets 0..size-1, so ``os.pread`` on the returned fd sees exactly the
-content), then the UTF-8 key, then a fixed footer: magic, format version, key length, content size,
-content sha256 (always computed while writing) and a crc32 of key and footer. The file name is the
-sha256 of the key, so any key is a safe name; the key in the trailer lets an entry be checked, and its
-key recovered, from the disk alone. A format change bumps the version and with it the directory name:
-directories of other versions are removed at start without reading them.
-
-Invariants
-- An entry path only ever names a complete, fsynced file: publish writes into ``tmp/``, fsyncs the file,
-  ``os.replace``s it into place, then fsyncs the directory. A crash leaves at most a temp file, and every
-  file in ``tmp/`` is swept at start (the root lock guarantees no other live process is writing there).
-- The first lookup of a key in a process verifies length, trailer and content sha256 (single-flight per
-  key); a bad entry is moved to ``quarantine/`` with one WARNING naming the key and the problem, and the
-  lookup reports a miss. Later lookups check the length with fstat. Entries this process published were
-  verified while being written. There is no switch that turns the checks off.
-- The accounting (``_lru``, ``_total_bytes``, ``_verified``) changes only under ``_lock``, and so do the
-  renames that change which file an entry path names (publish, evict, quarantine): the index matches the
-  disk. Renames that could race with a publish of the same key compare inode numbers first. No content
-  I/O (writes, fsync, hashing, the unlink that frees an evicted file's blocks) happens under the lock.
-- Size accounting counts whole files (content + trailer). After a publish the total is within
-  ``max_size_bytes``, except for an entry larger than the quota by itself: it is published (so it can
-  be served), kept at the cold end of the LRU and evicted first by the next publish.
-- Eviction only unlinks; a reader holding an fd keeps reading the complete, correct bytes (POSIX).
+The on-disk layout and its crash-safety argument: docs/design.md, "The local cache".
 """
 
 from __future__ import annotations

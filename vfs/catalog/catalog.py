@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vfs.durable import publish, write_atomic
 from vfs.errors import IntegrityError
-from vfs.sources.refs import HubFileRef, MemberRef
+from vfs.refs import HubFileRef, MemberRef
 
 SCHEMA_VERSION = "1"
 

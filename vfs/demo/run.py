@@ -46,10 +46,10 @@ def _wait_mounted(proc: subprocess.Popen[bytes], mountpoint: Path, timeout_s: fl
 
 
 def run_demo(*, workdir: Path | None = None, keep: bool = False) -> int:
-    from vfs.catalog.indexer import run_index
     from vfs.config import load_config
     from vfs.demo.dataset import DemoSpec, build_demo_dataset
     from vfs.hub.emulator import HubEmulator
+    from vfs.indexer import run_index
 
     own_dir = workdir is None
     work = Path(tempfile.mkdtemp(prefix="llava-vfs-demo-")) if workdir is None else workdir

@@ -21,7 +21,7 @@ import trio
 if TYPE_CHECKING:
     from vfs.cache.store import CacheStore
     from vfs.hub.client import HubClient
-    from vfs.sources.refs import HubFileRef
+    from vfs.refs import HubFileRef
 
 
 class Handle(Protocol):

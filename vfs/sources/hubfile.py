@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from vfs.errors import IntegrityError
-from vfs.sources.refs import HubFileRef
+from vfs.refs import HubFileRef
 
 if TYPE_CHECKING:
     from vfs.sources.base import BlockSource, FetchContext

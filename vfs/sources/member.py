@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from vfs.errors import FetchError, IntegrityError, typed_error
-from vfs.sources.refs import MemberRef
+from vfs.refs import MemberRef
 from vfs.targz.shard_index import Member, MemberExtractor, ShardIndex
 
 if TYPE_CHECKING:

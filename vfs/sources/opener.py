@@ -21,10 +21,10 @@ from cachetools import LRUCache
 from vfs.access import Caller
 from vfs.errors import FetchError, VfsError
 from vfs.layout import index_path
+from vfs.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef, VirtualRef
 from vfs.sources.base import BytesHandle, FdCache, FdHandle, Handle
 from vfs.sources.hubfile import HubFileHandle, fetch_block, read_cached_block
 from vfs.sources.member import fetch_member
-from vfs.sources.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef, VirtualRef
 from vfs.sources.singleflight import SingleFlight
 from vfs.sources.timings import FetchTimings
 from vfs.sources.upstream import open_local, open_upstream

@@ -4,9 +4,7 @@
 nursery owned by the daemon, not in the first caller's task, so a caller that is interrupted (the
 kernel cancels a read) stops waiting without cancelling the fetch the other callers share.
 
-Invariant: ``_flights`` is only touched on the trio thread and never across an ``await``, so a key is
-registered and removed atomically with respect to other tasks. A failure is handed to every waiter and
-not remembered: the next caller starts a fresh attempt.
+Its invariants: docs/design.md, "Single-flight and cancellation".
 """
 
 from __future__ import annotations

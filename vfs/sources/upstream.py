@@ -41,8 +41,8 @@ from vfs.access import Caller, check_real_chain
 from vfs.config import UpstreamConfig
 from vfs.errors import NotFound, RemoteChanged, VfsError
 from vfs.guidance import REGISTRY, DatasetInfo, under
+from vfs.refs import LocalFileRef, UpstreamRef
 from vfs.sources.base import FdHandle
-from vfs.sources.refs import LocalFileRef, UpstreamRef
 
 log = logging.getLogger(__name__)
 

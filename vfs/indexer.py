@@ -35,8 +35,8 @@ from vfs.config import Config
 from vfs.errors import ConfigError, FetchError, IntegrityError, VfsError, exception_leaves
 from vfs.hub.client import HubClient, RepoFile
 from vfs.layout import CacheLayout, index_path
+from vfs.refs import HubFileRef, MemberRef
 from vfs.snapshot import index_artifacts
-from vfs.sources.refs import HubFileRef, MemberRef
 from vfs.targz.shard_index import CorruptShard, ShardIndex, build_shard_index
 
 if TYPE_CHECKING:
@@ -368,7 +368,7 @@ async def index_async(config: Config, *, jobs: int, progress: bool, refresh: boo
     catalogs = CatalogDir(layout.catalog, config.hub.repo)
     await trio.to_thread.run_sync(catalogs.write, data)
     await trio.to_thread.run_sync(catalogs.pin, config.hub.revision, data.commit)
-    await share.publish_catalog(catalogs, data.commit, config.hub.revision)
+    await share.publish_catalog(catalogs.db_path(data.commit), data.commit, config.hub.revision)
     # .vfs/available/ files and the mount snapshot, so the first mount starts fast
     await trio.to_thread.run_sync(index_artifacts, config, layout, data)
     return report
