@@ -43,6 +43,7 @@ from vfs.guidance import Miss, MissReporter
 from vfs.hub.client import HubAccessError, HubClient, is_commit_sha
 from vfs.layout import CacheLayout
 from vfs.metrics import metrics_server
+from vfs.mountinfo import mounts
 from vfs.namespace import NamespaceView
 from vfs.refs import VirtualRef, json_file
 from vfs.snapshot import (
@@ -372,17 +373,8 @@ def _mount_device(mountpoint: Path) -> tuple[int, int] | None:
     """``(major, minor)`` of the mount at ``mountpoint``, from /proc/self/mountinfo (never touching the mount,
     whose requests nobody serves yet)."""
     target = os.path.abspath(mountpoint)  # not realpath: an lstat of the mountpoint would deadlock here
-    found = None
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == target:
-                    major, minor = fields[2].split(":")
-                    found = (int(major), int(minor))  # the last match is the topmost mount
-    except (OSError, ValueError):
-        return None
-    return found
+    found = [m.device for m in mounts() if m.mountpoint == target]
+    return found[-1] if found else None  # the last match is the topmost mount
 
 
 def tune_kernel(mountpoint: Path) -> None:

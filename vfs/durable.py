@@ -2,8 +2,10 @@
 
 A file is written under a temp name, fsynced, renamed over its final name, and then its directory is
 fsynced, so a crash at any point leaves the old file or the new one in place, never a torn one, and the
-rename itself survives a power loss. (The shared tier, ``vfs.cache.shared``, follows the same order with
-its own variant that tolerates network filesystems refusing a directory fsync.)
+rename itself survives a power loss. Every local writer publishes through here, except two that keep
+the same order with a reason of their own: the cache store (``vfs.cache.store``), whose renames happen under
+its lock to keep its index equal to the disk, and the shared tier (``vfs.cache.shared``), which tolerates a
+network filesystem that refuses a directory fsync.
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def publish(tmp: Path, final: Path) -> None:
-    """Make the finished temp file ``tmp`` the file at ``final``: fsync, rename, fsync the directory."""
-    fsync_file(tmp)
-    os.replace(tmp, final)
+def publish(tmp: Path, final: Path, *, synced: bool = False) -> None:
+    """Make the finished temp file ``tmp`` the file at ``final``: fsync (unless the writer already did,
+    ``synced``), rename, fsync the directory. A failed rename removes ``tmp``."""
+    if not synced:
+        fsync_file(tmp)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(final.parent)
 
 

@@ -36,10 +36,12 @@ from typing import TYPE_CHECKING, TextIO
 
 import trio
 
+from vfs.cache.store import entry_file
 from vfs.catalog.catalog import CatalogData, CatalogDir
 from vfs.config import Config
 from vfs.errors import ConfigError, VfsError
 from vfs.layout import CacheLayout
+from vfs.mountinfo import mounts
 from vfs.refs import HubFileRef, MemberRef
 
 if TYPE_CHECKING:
@@ -222,28 +224,15 @@ def cache_keys(item: Item, block_size: int) -> list[str]:
 
 def cached_on_disk(layout: CacheLayout, key: str) -> bool:
     """Whether ``key`` has an entry file, without owning the cache (dry runs may run beside a mount)."""
-    from vfs.cache.store import FORMAT_VERSION, entry_name
-
-    name = entry_name(key)
-    return (layout.data / f"entries-v{FORMAT_VERSION}" / name[:2] / name[2:4] / name).is_file()
+    return entry_file(layout.data, key).is_file()
 
 
 # -- running ---------------------------------------------------------------------------------------------
 
 
 def llava_vfs_mounts() -> list[str]:
-    """Mountpoints of running llava-vfs filesystems (from /proc/self/mountinfo), for messages."""
-    found = []
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                pre, _, post = line.partition(" - ")
-                fields = pre.split()
-                if len(fields) > 4 and post.split(" ", 1)[0] == "fuse.llava-vfs":
-                    found.append(fields[4].replace("\\040", " "))
-    except OSError:
-        pass
-    return found
+    """Mountpoints of running llava-vfs filesystems, for messages."""
+    return [m.mountpoint for m in mounts() if m.fstype == "fuse.llava-vfs"]
 
 
 def mount_owning_cache(config: Config) -> Path | None:

@@ -31,6 +31,7 @@ from typing import TextIO
 
 from vfs.catalog.catalog import CatalogData
 from vfs.config import Config
+from vfs.durable import publish
 from vfs.errors import ConfigError
 
 AVAILABLE_DIR = ".vfs/available"
@@ -127,7 +128,7 @@ def run_yaml(
     if output is not None:
         tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         tmp.write_text(text)
-        os.replace(tmp, output)
+        publish(tmp, output)
     else:
         (out or sys.stdout).write(text)
     missing = []

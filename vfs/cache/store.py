@@ -103,6 +103,13 @@ def entry_name(key: str) -> str:
     return hashlib.sha256(_key_bytes(key)).hexdigest()
 
 
+def entry_file(root: Path, key: str) -> Path:
+    """Where ``key``'s entry lives under a store's ``root``: for a look that must not open the store (which
+    takes its lock), such as ``prefetch --dry-run`` beside a running mount."""
+    name = entry_name(key)
+    return root / f"entries-v{FORMAT_VERSION}" / name[:2] / name[2:4] / name
+
+
 def _key_bytes(key: str) -> bytes:
     if not isinstance(key, str) or not key:
         raise ValueError(f"cache key must be a non-empty str, got {key!r}")
@@ -766,7 +773,7 @@ class CacheStore:
                 self._add_locked(name, file_bytes)
 
     def _entry_path(self, name: str) -> Path:
-        return self._entries_dir / name[:2] / name[2:4] / name
+        return self._entries_dir / name[:2] / name[2:4] / name  # as entry_file lays it out
 
 
 def _is_fanout(name: str) -> bool:

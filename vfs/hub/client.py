@@ -62,6 +62,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import build_hf_headers, get_async_session, hf_raise_for_status
 
 import vfs
+from vfs.durable import publish
 from vfs.errors import FetchError, IntegrityError, VfsError
 
 logger = logging.getLogger(__name__)
@@ -269,16 +270,7 @@ def _publish(fd: int, tmp: Path, dest: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    try:
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    publish(tmp, dest, synced=True)
 
 
 def _discard(fd: int, tmp: Path) -> None:

@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, cast
 
+from vfs.durable import publish
 from vfs.errors import IntegrityError
 from vfs.targz import zran
 
@@ -303,7 +304,7 @@ class ShardIndex:
         return [head + checksum, meta, *window_pieces]
 
     def save(self, path: Path) -> None:
-        """Write atomically: temp file in the same directory, fsync, ``os.replace``, fsync the directory."""
+        """Write atomically: a temp file in the same directory, published by ``vfs.durable.publish``."""
         path = Path(path)
         pieces = self._encode()
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -316,16 +317,11 @@ class ShardIndex:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        publish(tmp, path, synced=True)
         self._index_size_bytes = sum(len(piece) for piece in pieces)
 
     @classmethod
