@@ -124,7 +124,7 @@ def build_snapshot(cache_dir: str, config_path: str) -> dict[str, float]:
     from vfs.catalog.catalog import CatalogDir
     from vfs.config import load_config
     from vfs.layout import CacheLayout
-    from vfs.snapshot import index_artifacts
+    from vfs.tree.snapshot import index_artifacts
 
     t0 = time.perf_counter()
     config = load_config(Path(config_path))

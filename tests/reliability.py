@@ -26,7 +26,7 @@ from vfs.core import FsCore
 from vfs.hub.client import HubClient
 from vfs.layout import CacheLayout
 from vfs.sources.opener import Sources
-from vfs.view import build_view
+from vfs.tree.view import build_view
 
 # Short budgets so a persistent fault ends in EIO within seconds (the defaults are 8 retries / 120 s).
 RETRY_DEADLINE_S = 2.0

@@ -23,10 +23,10 @@ from vfs.access import (
 from vfs.cache.store import CacheStore
 from vfs.core import FsCore
 from vfs.errors import PermissionDenied
-from vfs.namespace import NamespaceBuilder
 from vfs.refs import UpstreamRef, VirtualRef
 from vfs.sources.opener import Sources
-from vfs.view import upstream_dir_ref
+from vfs.tree.namespace import NamespaceBuilder
+from vfs.tree.view import upstream_dir_ref
 
 GONE_PID = 2**22 + 12345  # above the kernel's pid_max: no such process
 

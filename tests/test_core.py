@@ -23,7 +23,7 @@ from vfs.hub.client import HubClient
 from vfs.indexer import build_catalog
 from vfs.layout import CacheLayout
 from vfs.sources.opener import Sources
-from vfs.view import build_view
+from vfs.tree.view import build_view
 
 
 async def _index(tmp_path: Path, hub, **kw):

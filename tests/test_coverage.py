@@ -1,4 +1,4 @@
-"""Coverage, provenance, exclusion and the filtered annotations (vfs.coverage), on the demo dataset.
+"""Coverage, provenance, exclusion and the filtered annotations (vfs.tree), on the demo dataset.
 
 The demo repo is indexed once for the module with the real indexer against the Hub emulator; each test then
 joins that catalog with its own upstream roots and ``[mount] exclude``. Truth comes from the demo manifest.
@@ -17,23 +17,20 @@ import trio
 from tests.conftest import REPO_ID
 from tests.mounting import cli, write_config
 from vfs.catalog.annotations import normalise_video_path
-from vfs.catalog.catalog import CatalogDir
+from vfs.catalog.catalog import CatalogDir, load_catalog_offline
 from vfs.config import load_config
-from vfs.coverage import (
-    KIND_SHARD,
-    KIND_UPSTREAM,
-    build_available_annotations,
-    compute_availability,
-    coverage_report,
-    iter_provenance,
-    load_catalog_offline,
-    render_coverage_table,
-    write_missing_tsv,
-)
 from vfs.demo.dataset import video_bytes
 from vfs.indexer import index_async
 from vfs.layout import CacheLayout
 from vfs.refs import MemberRef, UpstreamRef
+from vfs.tree.availability import KIND_SHARD, KIND_UPSTREAM, compute_availability
+from vfs.tree.reports import (
+    build_available_annotations,
+    coverage_report,
+    iter_provenance,
+    render_coverage_table,
+    write_missing_tsv,
+)
 
 pytestmark = pytest.mark.allow_log(r"skipped video", r"records skipped")
 

@@ -327,7 +327,7 @@ import pyfuse3, trio
 from vfs.cache.store import CacheStore
 from vfs.core import FsCore
 from vfs.fuse_ops import Operations
-from vfs.namespace import NamespaceBuilder
+from vfs.tree.namespace import NamespaceBuilder
 from vfs.sources.opener import Sources
 from vfs.refs import VirtualRef
 

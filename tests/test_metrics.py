@@ -21,8 +21,8 @@ from vfs.core import FsCore
 from vfs.errors import ConfigError
 from vfs.hub.client import HubClient
 from vfs.metrics import MetricsServer, VfsCollector, render
-from vfs.namespace import NamespaceBuilder
 from vfs.sources.opener import Sources
+from vfs.tree.namespace import NamespaceBuilder
 
 pytestmark = pytest.mark.allow_log(r"skipped video", r"records skipped")
 

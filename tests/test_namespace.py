@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vfs.namespace import ROOT_INO, NamespaceBuilder, PathConflict
+from vfs.tree.namespace import ROOT_INO, NamespaceBuilder, PathConflict
 
 names = st.text(alphabet="abcdeé_-.0123", min_size=1, max_size=6).filter(lambda s: s not in (".", ".."))
 paths = st.lists(names, min_size=1, max_size=4).map("/".join)

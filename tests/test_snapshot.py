@@ -1,4 +1,4 @@
-"""The mount snapshot (vfs.snapshot): the persisted tree must be the in-memory one, node for node; its
+"""The mount snapshot (vfs.tree.snapshot): the persisted tree must be the in-memory one, node for node; its
 explainer must give the same guidance as the in-memory availability; it must go stale exactly when its
 inputs change; and a mount must start from it, rebuild a bad one and survive one it cannot write.
 
@@ -22,15 +22,14 @@ import trio
 from tests.conftest import REPO_ID
 from tests.mounting import Mount, write_config
 from tests.test_coverage import stage_upstreams, upstream_toml
-from vfs.catalog.catalog import CatalogDir
+from vfs.catalog.catalog import CatalogDir, load_catalog_offline
 from vfs.config import Config, load_config
-from vfs.coverage import load_catalog_offline
 from vfs.demo.dataset import video_bytes
 from vfs.indexer import index_async
 from vfs.layout import CacheLayout
-from vfs.namespace import ROOT_INO, Namespace, NamespaceView, Node
 from vfs.refs import UpstreamDirRef, UpstreamRef, VirtualRef
-from vfs.snapshot import (
+from vfs.tree.namespace import ROOT_INO, Namespace, NamespaceView, Node
+from vfs.tree.snapshot import (
     Snapshot,
     build_snapshot,
     open_snapshot,
@@ -226,9 +225,9 @@ def test_a_snapshot_goes_stale_when_a_refused_directory_can_be_listed(indexed, d
         "import logging, sys\n"
         "from tests.test_snapshot import STATS\n"
         "from vfs.config import load_config\n"
-        "from vfs.coverage import load_catalog_offline\n"
+        "from vfs.catalog.catalog import load_catalog_offline\n"
         "from vfs.layout import CacheLayout\n"
-        "from vfs.snapshot import build_snapshot, open_snapshot\n"
+        "from vfs.tree.snapshot import build_snapshot, open_snapshot\n"
         "logging.disable(logging.WARNING)\n"
         "cfg = load_config(sys.argv[1])\n"
         "layout = CacheLayout(cfg.cache.dir)\n"

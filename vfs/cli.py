@@ -113,13 +113,13 @@ def _human(size_bytes: int) -> str:
 
 
 def cmd_coverage(args: argparse.Namespace) -> int:
-    from vfs.coverage import run_coverage
+    from vfs.commands.coverage import run_coverage
 
     return run_coverage(_load(args), as_json=args.json)
 
 
 def cmd_provenance(args: argparse.Namespace) -> int:
-    from vfs.coverage import run_provenance
+    from vfs.commands.coverage import run_provenance
 
     return run_provenance(_load(args), as_json=args.json)
 

@@ -22,10 +22,10 @@ import trio
 from vfs.access import Caller, HubOwnership, Owner, real_owner
 from vfs.errors import IsADirectory, NoAttribute, NotFound, PermissionDenied, ReadOnly
 from vfs.guidance import REASON_UNREADABLE
-from vfs.namespace import NamespaceView, Node
 from vfs.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamDirRef, UpstreamRef, VirtualRef
 from vfs.sources.base import Handle
 from vfs.sources.opener import Sources
+from vfs.tree.namespace import NamespaceView, Node
 
 log = logging.getLogger(__name__)
 

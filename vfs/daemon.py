@@ -36,7 +36,6 @@ from vfs.catalog.catalog import CatalogData, CatalogDir, CatalogError
 from vfs.catalog.share import restore_from_share_async
 from vfs.config import Config, MountConfig
 from vfs.core import FsCore
-from vfs.coverage import log_coverage
 from vfs.errors import ConfigError, FetchError, VfsError, exception_leaves
 from vfs.fuse_ops import Operations
 from vfs.guidance import Miss, MissReporter
@@ -44,9 +43,11 @@ from vfs.hub.client import HubAccessError, HubClient, is_commit_sha
 from vfs.layout import CacheLayout
 from vfs.metrics import metrics_server
 from vfs.mountinfo import mounts
-from vfs.namespace import NamespaceView
 from vfs.refs import VirtualRef, json_file
-from vfs.snapshot import (
+from vfs.sources.opener import Sources
+from vfs.tree.namespace import NamespaceView
+from vfs.tree.plan import log_coverage
+from vfs.tree.snapshot import (
     STATS_FILE,
     Snapshot,
     SnapshotError,
@@ -55,7 +56,6 @@ from vfs.snapshot import (
     snapshot_key,
     snapshot_path,
 )
-from vfs.sources.opener import Sources
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ import pyfuse3
 from vfs.access import Caller, Owner
 from vfs.core import FsCore
 from vfs.errors import VfsError, typed_error
-from vfs.namespace import Node
+from vfs.tree.namespace import Node
 
 log = logging.getLogger(__name__)
 

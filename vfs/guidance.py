@@ -10,7 +10,7 @@ Responsibility:
   terms, its layout once extracted and the annotation prefixes it serves. ``dataset_for_path`` maps a path
   to its family by the longest matching prefix.
 - ``absent_message``: the one-line guidance for one absent path, from plain facts gathered by the caller
-  (``vfs.coverage``), so the texts are testable without a mount.
+  (``vfs.tree.availability``), so the texts are testable without a mount.
 - ``MissReporter``: logs a miss once per path, at most ``burst`` individual lines per dataset and interval,
   and then one summary line per dataset and interval, so a million misses do not flood the log.
 

@@ -36,8 +36,8 @@ from vfs.errors import ConfigError, FetchError, IntegrityError, VfsError, except
 from vfs.hub.client import HubClient, RepoFile
 from vfs.layout import CacheLayout, index_path
 from vfs.refs import HubFileRef, MemberRef
-from vfs.snapshot import index_artifacts
 from vfs.targz.shard_index import CorruptShard, ShardIndex, build_shard_index
+from vfs.tree.snapshot import index_artifacts
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID

@@ -89,8 +89,8 @@ def local_catalog(config: Config) -> CatalogData:
 
     ``ConfigError`` exit 4 when there is none (run ``llava-vfs index``), 3 when it is unreadable.
     """
+    from vfs.catalog.catalog import load_catalog_offline
     from vfs.catalog.share import restore_from_share
-    from vfs.coverage import load_catalog_offline
 
     catalogs = CatalogDir(CacheLayout(config.cache.dir).catalog, config.hub.repo)
     try:
@@ -127,7 +127,7 @@ def catalog_for_prefetch(config: Config, *, dry: bool, progress: bool) -> Catalo
 def servable_members(config: Config, catalog: CatalogData) -> dict[str, MemberRef]:
     """Video path -> member, for every video the mount serves from a shard (honours upstreams, exclude)."""
     try:
-        from vfs.coverage import KIND_SHARD, compute_availability
+        from vfs.tree.availability import KIND_SHARD, compute_availability
     except ImportError:  # pragma: no cover - coverage is part of the package; keep prefetch usable alone
         return dict(catalog.members)
     av = compute_availability(config, catalog)

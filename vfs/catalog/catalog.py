@@ -17,8 +17,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vfs.config import Config
 from vfs.durable import publish, write_atomic
-from vfs.errors import IntegrityError
+from vfs.errors import ConfigError, IntegrityError
+from vfs.hub.client import is_commit_sha
+from vfs.layout import CacheLayout
 from vfs.refs import HubFileRef, MemberRef
 
 SCHEMA_VERSION = "1"
@@ -191,3 +194,19 @@ def iter_wanted_paths(rows: Iterable[WantedRow]) -> Iterator[str]:
         if row.path not in seen:
             seen.add(row.path)
             yield row.path
+
+
+def load_catalog_offline(config: Config) -> CatalogData:
+    """The catalog of the configured revision, from the cache only (no Hub): exit 4 when there is none."""
+    catalogs = CatalogDir(CacheLayout(config.cache.dir).catalog, config.hub.repo)
+    revision = config.hub.revision
+    commit = revision if is_commit_sha(revision) else catalogs.read_pins().get(revision)
+    if commit is None or not catalogs.exists(commit):
+        raise ConfigError(
+            f"no catalog of {config.hub.repo}@{revision} in {config.cache.dir}: run `llava-vfs index` first",
+            4,
+        )
+    try:
+        return catalogs.read(commit)
+    except CatalogError as exc:
+        raise ConfigError(f"{exc}; run `llava-vfs index` again", 3) from None

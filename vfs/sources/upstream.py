@@ -248,7 +248,7 @@ class Resolution:
     denied_dirs: set[str] = field(default_factory=set)  # every directory the daemon could not list
     stats_calls: int = 0
     # every directory listed (or found absent), by real path, with its mtime (None: absent): a mount snapshot
-    # built from this resolution stays valid while these are unchanged (vfs.snapshot)
+    # built from this resolution stays valid while these are unchanged (vfs.tree.snapshot)
     listed: dict[str, int | None] = field(default_factory=dict)
 
     def note_listed(self, real_dir: str) -> None:

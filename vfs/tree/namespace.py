@@ -43,7 +43,7 @@ class Node:
 
 class NamespaceView(Protocol):
     """What ``FsCore`` and the adapter need of a tree: this in-memory ``Namespace``, or the lazily loaded
-    ``vfs.snapshot.SnapshotNamespace`` a mount of the full dataset serves from."""
+    ``vfs.tree.snapshot.SnapshotNamespace`` a mount of the full dataset serves from."""
 
     file_count: int
     total_bytes: int

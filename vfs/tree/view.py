@@ -5,8 +5,8 @@ Views (``[mount] views``):
   point into the mount.
 - ``merged``: every available video at its annotation path (``academic_source/...``,
   ``liwei_youtube_videos/...``): what LLaVA-NeXT's ``video_folder`` expects. With an ``Availability``
-  (``vfs.coverage``) that is the shard members, upstream files and directories and repo files it chose;
-  without one, the shard members of the catalog.
+  (``vfs.tree.availability``) that is the shard members, upstream files and directories and repo files it
+  chose; without one, the shard members of the catalog.
 - ``per_directory``: the same videos again under ``<data_source>/<video>``, the layout several third-party
   loaders use.
 Only available files are listed, so ``ls`` and ``find -type f | wc -l`` measure coverage. The directories
@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, cast
 
 from vfs.catalog.catalog import CatalogData
 from vfs.guidance import REGISTRY
-from vfs.namespace import Namespace, NamespaceBuilder, PathConflict
 from vfs.refs import UpstreamDirRef, UpstreamRef, VirtualRef
+from vfs.tree.namespace import Namespace, NamespaceBuilder, PathConflict
 
 if TYPE_CHECKING:
-    from vfs.coverage import Availability
     from vfs.sources.upstream import UpstreamDir
+    from vfs.tree.availability import Availability
 
 log = logging.getLogger(__name__)
 

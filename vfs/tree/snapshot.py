@@ -6,7 +6,8 @@ later mount with the same inputs is ready in a fraction of a second and holds in
 kernel asks about (bench/RESULTS.md, "Scale").
 
 - ``write_snapshot`` persists an in-memory ``Namespace`` (every node with its source) and the per-path facts
-  guidance needs (``vfs.coverage.PathFacts``), plus the coverage report, in one file, written to a temp name
+  guidance needs (``vfs.tree.availability.PathFacts``), plus the coverage report, in one file, written to a
+  temp name
   and renamed into place.
 - ``open_snapshot`` opens the snapshot for the current inputs, or returns None when there is none or it is
   stale, and the daemon builds one.
@@ -35,14 +36,16 @@ from cachetools import LRUCache
 
 from vfs.catalog.catalog import CatalogData, CatalogDir
 from vfs.config import Config
-from vfs.coverage import Availability, Explainer, MountPlan, PathFacts, plan_mount, prune_available
 from vfs.durable import publish
 from vfs.errors import IntegrityError
 from vfs.layout import CacheLayout
-from vfs.namespace import ROOT_INO, Namespace, Node
 from vfs.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamDirRef, UpstreamRef, VirtualRef
 from vfs.sources.upstream import Upstreams
-from vfs.view import build_view
+from vfs.tree.availability import Availability, Explainer, PathFacts
+from vfs.tree.namespace import ROOT_INO, Namespace, Node
+from vfs.tree.plan import MountPlan, plan_mount
+from vfs.tree.reports import prune_available
+from vfs.tree.view import build_view
 
 log = logging.getLogger(__name__)
 

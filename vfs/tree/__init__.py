@@ -1,0 +1,1 @@
+"""The tree a mount shows: the inode table, availability, views, reports, planning and the snapshot."""
