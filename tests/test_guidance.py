@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from vfs.catalog.annotations import malformed_hint
-from vfs.config import KNOWN_UPSTREAMS
+from vfs.datasets import KNOWN_UPSTREAMS, REGISTRY, dataset_for_path
 from vfs.guidance import (
     REASON_ESCAPES_ROOT,
     REASON_EXCLUDED,
@@ -15,11 +15,9 @@ from vfs.guidance import (
     REASON_NO_SOURCE,
     REASON_NOT_IN_ROOT,
     REASON_NOT_INDEXED,
-    REGISTRY,
     Miss,
     MissReporter,
     absent_message,
-    dataset_for_path,
 )
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from vfs.config import KNOWN_UPSTREAMS, UpstreamConfig
+from vfs.config import UpstreamConfig
+from vfs.datasets import KNOWN_UPSTREAMS
 from vfs.errors import VfsError
 from vfs.sources.upstream import UpstreamDir, UpstreamFile, Upstreams, open_checked, open_upstream
 

@@ -34,7 +34,6 @@ import re
 import string
 import sys
 import tomllib
-import types
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -42,12 +41,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, NoReturn, ParamSpec, TypeVar, overload
 
+from vfs.datasets import KNOWN_UPSTREAMS
 from vfs.errors import ConfigError
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE_BYTES",
     "DEFAULT_MAX_SIZE_BYTES",
-    "KNOWN_UPSTREAMS",
     "VIEWS",
     "CacheConfig",
     "Config",
@@ -76,20 +75,6 @@ CACHE_SUBDIR = "llava-vfs"
 
 VIEWS = ("merged", "repo", "per_directory")
 PREFER_CHOICES = ("upstream", "shard")
-
-# The upstream datasets behind `academic_source/...` (DATASET.md section 5): name -> the annotation-path
-# prefix it serves by default. Read-only so no module can change the registry for everyone else.
-KNOWN_UPSTREAMS: Mapping[str, str] = types.MappingProxyType(
-    {
-        "charades": "academic_source/Charades",
-        "nextqa": "academic_source/NextQA",
-        "activitynet": "academic_source/activitynet",
-        "youcook2": "academic_source/youcook2",
-        "ego4d": "academic_source/ego4d",
-        "perceptiontest": "perception_test",
-        "llava_hound": "shareVideoGPTV/frames/all_frames",
-    }
-)
 
 # huggingface_hub's own notion of a truthy environment flag (constants.ENV_VARS_TRUE_VALUES).
 _ENV_TRUE = frozenset({"1", "ON", "YES", "TRUE"})
@@ -137,7 +122,7 @@ class UpstreamConfig:
 
     @property
     def known(self) -> bool:
-        """A built-in dataset (its mapping rules live with the sources), as opposed to a custom one."""
+        """A built-in dataset (``vfs.datasets``), as opposed to a custom one."""
         return self.name in KNOWN_UPSTREAMS
 
 

@@ -1,4 +1,4 @@
-"""The upstream dataset registry (DATASET.md section 5) and the guidance given for absent paths.
+"""The guidance given for absent paths (the dataset families it names are ``vfs.datasets``).
 
 LLaVA-NeXT drops a sample silently when its video is missing, so the filesystem is the loud one: the first
 lookup of an absent path logs one WARNING line that names the path, the dataset it belongs to (name, where
@@ -6,9 +6,6 @@ to get it, its terms) and what to do (the local path it was expected at under th
 ``[[upstream]]`` lines to add, the index command, or "malformed record").
 
 Responsibility:
-- ``REGISTRY``: every dataset family an annotation ``video`` path can belong to, with where to get it, its
-  terms, its layout once extracted and the annotation prefixes it serves. ``dataset_for_path`` maps a path
-  to its family by the longest matching prefix.
 - ``absent_message``: the one-line guidance for one absent path, from plain facts gathered by the caller
   (``vfs.tree.availability``), so the texts are testable without a mount.
 - ``MissReporter``: logs a miss once per path, at most ``burst`` individual lines per dataset and interval,
@@ -26,154 +23,24 @@ from __future__ import annotations
 
 import logging
 import time
-import types
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
 
+from vfs.datasets import DatasetInfo
+
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "REGISTRY",
-    "DatasetInfo",
     "Miss",
     "MissReporter",
     "absent_message",
-    "dataset_for_path",
     "upstream_snippet",
 ]
 
 UPSTREAM_BYTES_NOTE = "upstream copies may differ from the packed ones (re-encoded or trimmed)"
-
-
-@dataclass(frozen=True, slots=True)
-class DatasetInfo:
-    """One dataset family behind annotation paths.
-
-    ``name`` is the ``[[upstream]] name`` (and ``[mount] exclude`` name) for the configurable ones;
-    ``prefixes`` are the annotation-path prefixes it covers (the first one is the default ``prefix``).
-    """
-
-    name: str
-    title: str
-    where: str
-    terms: str
-    layout: str
-    prefixes: tuple[str, ...]
-    note: str = ""
-    configurable: bool = True
-
-    def describe(self) -> str:
-        """``Ego4D (ego4d): get it from ...; terms: ...``: the part of a message that names the dataset."""
-        return f"{self.title} ({self.name}): get it from {self.where}; terms: {self.terms}"
-
-
-_DATASETS = (
-    DatasetInfo(
-        name="charades",
-        title="Charades",
-        where="prior.allenai.org/projects/charades (Charades_v1_480.zip)",
-        terms="non-commercial research licence",
-        layout="Charades_v1_480/<ID>.mp4",
-        prefixes=("academic_source/Charades",),
-    ),
-    DatasetInfo(
-        name="nextqa",
-        title="NExT-QA (VidOR videos)",
-        where="github.com/doc-doc/NExT-QA; VidOR videos via xdshang.github.io/docs/vidor.html",
-        terms="per-video YFCC terms",
-        layout="NExTVideo/<dir>/<id>.mp4",
-        prefixes=("academic_source/NextQA", "NextQA"),
-    ),
-    DatasetInfo(
-        name="activitynet",
-        title="ActivityNet v1.3",
-        where="activity-net.org/download.html (full videos by request form)",
-        terms="YouTube-sourced videos (YouTube terms of service)",
-        layout="v1-2/train/, v1-2/val/ or v1-3/train_val/ with v_<id>.mp4, .mkv or .webm",
-        prefixes=("academic_source/activitynet", "ActivityNet-QA"),
-    ),
-    DatasetInfo(
-        name="youcook2",
-        title="YouCook2",
-        where="youcook2.eecs.umich.edu",
-        terms="YouTube-sourced videos (YouTube terms of service)",
-        layout="<recipe>/<ytid>/split_<n>.mp4 (pre-cut clips)",
-        prefixes=("academic_source/youcook2",),
-        note="the annotations want pre-cut clips (split_<n>.mp4), which cannot be reproduced from the "
-        "raw videos (raw_videos/<split>/<recipe>/<ytid>.<ext>)",
-    ),
-    DatasetInfo(
-        name="ego4d",
-        title="Ego4D",
-        where="ego4d-data.org (signed licence, approval takes days; then the `ego4d` CLI)",
-        terms="Ego4D licence",
-        layout="v2/clips/<uid>.mp4 or v2/full_scale/<uid>.mp4",
-        prefixes=("academic_source/ego4d",),
-        note="the annotations likely name cut clips: a full_scale video is only used when no clip exists",
-    ),
-    DatasetInfo(
-        name="perceptiontest",
-        title="Perception Test",
-        where="github.com/google-deepmind/perception_test (train_videos.zip, valid_videos.zip)",
-        terms="CC-BY 4.0",
-        layout="video_<NNNN>.mp4 (as extracted, or under train_videos/ or valid_videos/)",
-        prefixes=("perception_test",),
-    ),
-    DatasetInfo(
-        name="llava_hound",
-        title="LLaVA-Hound frames",
-        where="the Hub dataset ShareGPTVideo/train_video_and_instruction, "
-        "train_300k/chunk_*.tar.gz (~137 GB)",
-        terms="Apache-2.0 (dataset tag)",
-        layout="shareVideoGPTV/frames/all_frames/<id>/*.jpg (a directory of JPEG frames per video)",
-        prefixes=("shareVideoGPTV/frames/all_frames", "shareVideoGPTV"),
-        note="these frame directories live in another Hub repo, not in any shard of this one",
-    ),
-    DatasetInfo(
-        name="youtube",
-        title="LLaVA-Video-178K YouTube clips",
-        where="only the *_youtube_v0_1_videos_K.tar.gz shards of lmms-lab/LLaVA-Video-178K",
-        terms="the terms on the lmms-lab/LLaVA-Video-178K dataset card (YouTube-sourced)",
-        layout="liwei_youtube_videos/videos/youtube_video_2024/ytb_<id>.mp4",
-        prefixes=("liwei_youtube_videos",),
-        configurable=False,
-    ),
-)
-
-REGISTRY: Mapping[str, DatasetInfo] = types.MappingProxyType({d.name: d for d in _DATASETS})
-
-# Every prefix, longest first, so the most specific family wins.
-_PREFIXES: tuple[tuple[str, DatasetInfo], ...] = tuple(
-    sorted(((p, d) for d in _DATASETS for p in d.prefixes), key=lambda item: -len(item[0]))
-)
-
-
-def under(path: str, prefix: str) -> bool:
-    """Whether ``path`` is ``prefix`` or lies below it, component-wise."""
-    return path == prefix or path.startswith(prefix + "/")
-
-
-_BY_PREFIX: dict[str, DatasetInfo] = {p: d for p, d in reversed(_PREFIXES)}
-_MAX_PREFIX_PARTS = max(p.count("/") + 1 for p, _ in _PREFIXES)
-
-
-def dataset_for_path(path: str) -> DatasetInfo | None:
-    """The dataset family an annotation path belongs to (longest prefix, component-wise), or None."""
-    parts = path.split("/", _MAX_PREFIX_PARTS)
-    # Called for every wanted path and on every lookup miss: dictionary probes, longest first.
-    for count in range(min(len(parts), _MAX_PREFIX_PARTS), 0, -1):
-        dataset = _BY_PREFIX.get("/".join(parts[:count]))
-        if dataset is not None:
-            return dataset
-    return None
-
-
-def is_dataset_ancestor(path: str) -> bool:
-    """Whether ``path`` is a proper ancestor directory of a known prefix (``academic_source``)."""
-    return any(prefix.startswith(path + "/") for prefix, _ in _PREFIXES)
 
 
 def upstream_snippet(dataset: DatasetInfo) -> str:

@@ -2,14 +2,14 @@
 
 An ``[[upstream]]`` entry (``name``, ``prefix``, ``root``, optional ``pattern`` and ``prefer``) maps the
 annotation paths under ``prefix`` to files under ``root``. Known names carry the mapping rules of
-DATASET.md section 5 (``_CANDIDATES``); a custom entry maps ``prefix/<rest>`` to ``root/<rest>``, and a
+DATASET.md section 5 (``vfs.datasets``); a custom entry maps ``prefix/<rest>`` to ``root/<rest>``, and a
 ``pattern`` such as ``"videos/{rest}"`` overrides the rules of either. Every candidate is tried in order
 and the first regular file wins (llava_hound and custom entries may also map to a directory, served with
 the regular files it holds, such as JPEG frames).
 
 Besides the wanted paths, the directory that holds a known dataset's files is enumerated once, so an
 upstream file that no annotation names (an "upstream-only" video) is listed and served at the path its
-dataset's annotations would give it (``_EXTRAS``).
+dataset's annotations would give it (``DatasetInfo.extras``).
 
 Invariants:
 - Nothing outside a root is ever served. Every hit is resolved with ``realpath`` (directories once,
@@ -31,7 +31,7 @@ import os
 import re
 import stat
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -39,8 +39,8 @@ import trio
 
 from vfs.access import Caller, check_real_chain
 from vfs.config import UpstreamConfig
+from vfs.datasets import REGISTRY, DatasetInfo, Extras, under
 from vfs.errors import NotFound, RemoteChanged, VfsError
-from vfs.guidance import REGISTRY, DatasetInfo, under
 from vfs.refs import LocalFileRef, UpstreamRef
 from vfs.sources.base import FdHandle
 
@@ -57,96 +57,12 @@ __all__ = [
     "open_upstream",
 ]
 
-_VIDEO_EXTS = (".mp4", ".mkv", ".webm")
 # Upper bound on the entries enumerated per root for upstream-only files: a root is the user's, and a
 # mis-configured one (``/``) must not stall the start-up forever.
 MAX_EXTRA_ENTRIES = 2_000_000
 
 
 # --------------------------------------------------------------------------------------------- the rules
-
-
-def _dedupe(items: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(items))
-
-
-def _charades(rest: str) -> list[str]:
-    return [f"Charades_v1_480/{rest}", f"Charades_v1/{rest}", rest]
-
-
-def _nextqa(rest: str) -> list[str]:
-    return [f"NExTVideo/{rest}", rest, f"videos/{rest}"]
-
-
-def _activitynet(rest: str) -> list[str]:
-    folder, _, name = rest.rpartition("/")
-    stem, ext = os.path.splitext(name)
-    folders = _dedupe([folder, "v1-3/train_val", "v1-2/train", "v1-2/val", "v1-3/test", ""])
-    exts = _dedupe([ext, *_VIDEO_EXTS]) if ext else list(_VIDEO_EXTS)
-    return _dedupe(f"{d}/{stem}{e}" if d else f"{stem}{e}" for d in folders for e in exts)
-
-
-def _youcook2(rest: str) -> list[str]:
-    return [rest, f"clips/{rest}"]
-
-
-def _ego4d(rest: str) -> list[str]:
-    clips = [f"v2/clips/{rest}", f"clips/{rest}", f"v1/clips/{rest}"]
-    full = [f"v2/full_scale/{rest}", f"full_scale/{rest}", f"v1/full_scale/{rest}"]
-    return [*clips, *full, rest]
-
-
-def _perceptiontest(rest: str) -> list[str]:
-    name = rest.rpartition("/")[2]
-    return _dedupe([rest, f"train_videos/{name}", f"valid_videos/{name}", f"videos/{name}", name])
-
-
-def _llava_hound(rest: str) -> list[str]:
-    return [
-        f"shareVideoGPTV/frames/all_frames/{rest}",
-        f"frames/all_frames/{rest}",
-        f"all_frames/{rest}",
-        rest,
-    ]
-
-
-_CANDIDATES: dict[str, Callable[[str], list[str]]] = {
-    "charades": _charades,
-    "nextqa": _nextqa,
-    "activitynet": _activitynet,
-    "youcook2": _youcook2,
-    "ego4d": _ego4d,
-    "perceptiontest": _perceptiontest,
-    "llava_hound": _llava_hound,
-}
-# Other annotation prefixes a known dataset serves: NextQA/NExTVideo/<d>/<id> is the same file as
-# academic_source/NextQA/<d>/<id>, so the rest below either prefix maps the same way.
-_ALIASES: dict[str, tuple[str, ...]] = {
-    "nextqa": ("NextQA/NExTVideo",),
-    "activitynet": ("ActivityNet-QA/activitynet",),
-}
-# Datasets whose entries are directories (of frames) rather than video files.
-_DIRECTORY_DATASETS = frozenset({"llava_hound"})
-
-
-@dataclass(frozen=True)
-class _Extras:
-    """Where a dataset's files sit under its root, to list upstream-only files: the first existing
-    ``folders`` entry is walked to ``depth`` levels, and files whose path below it matches ``rest_re``
-    are served at ``prefix/<that path>``."""
-
-    folders: tuple[str, ...]
-    depth: int | None
-    rest_re: re.Pattern[str]
-    suffix: str = ""
-
-
-_EXTRAS: dict[str, _Extras] = {
-    "charades": _Extras(("Charades_v1_480", "Charades_v1", ""), 1, re.compile(r"[^/]+\.mp4")),
-    "ego4d": _Extras(("v2/clips", "clips", "v1/clips"), 1, re.compile(r"[^/]+\.mp4")),
-    "nextqa": _Extras(("NExTVideo",), 2, re.compile(r"[^/]+/[^/]+\.mp4")),
-    "youcook2": _Extras(("",), 3, re.compile(r"[^/]+/[^/]+/split_\d+\.mp4")),
-}
 
 
 def inside(real_path: str, root_real: str) -> bool:
@@ -164,9 +80,9 @@ class UpstreamRule:
         self.pattern = config.pattern
         self.prefer = config.prefer
         self.dataset: DatasetInfo | None = REGISTRY.get(config.name) if config.known else None
-        aliases = _ALIASES.get(config.name, ()) if config.known else ()
+        aliases = self.dataset.aliases if self.dataset is not None else ()
         self.prefixes: tuple[str, ...] = (config.prefix, *(a for a in aliases if a != config.prefix))
-        self.allows_dirs = not config.known or config.name in _DIRECTORY_DATASETS
+        self.allows_dirs = self.dataset is None or self.dataset.frames
 
     def __repr__(self) -> str:
         return f"UpstreamRule({self.name!r}, prefixes={self.prefixes!r}, root={self.root!r})"
@@ -182,7 +98,7 @@ class UpstreamRule:
         """Relative paths under ``root`` to try, in order."""
         if self.pattern is not None:
             return [self.pattern.replace("{rest}", rest)]
-        rules = _CANDIDATES.get(self.name) if self.dataset is not None else None
+        rules = self.dataset.candidates if self.dataset is not None else None
         return rules(rest) if rules is not None else [rest]
 
     def expected(self, path: str) -> list[str]:
@@ -192,14 +108,14 @@ class UpstreamRule:
             return []
         return [os.path.join(self.root, c) for c in self.candidates(matched[1])]
 
-    def extras(self) -> _Extras | None:
+    def extras(self) -> Extras | None:
         if self.pattern is not None or self.dataset is None:
             template = self.pattern or "{rest}"
             head, _, tail = template.partition("{rest}")
             if head and not head.endswith("/"):
                 return None  # "foo{rest}": no directory to enumerate
-            return _Extras((head.rstrip("/"),), None, re.compile(r".+"), suffix=tail)
-        return _EXTRAS.get(self.name)
+            return Extras((head.rstrip("/"),), None, re.compile(r".+"), suffix=tail)
+        return self.dataset.extras
 
 
 # --------------------------------------------------------------------------------------------- resolution

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from vfs.catalog.annotations import malformed_hint
 from vfs.catalog.catalog import CatalogData, WantedRow
 from vfs.config import Config
+from vfs.datasets import DatasetInfo, dataset_for_path, is_dataset_ancestor
 from vfs.guidance import (
     REASON_ESCAPES_ROOT,
     REASON_EXCLUDED,
@@ -37,11 +38,8 @@ from vfs.guidance import (
     REASON_NOT_WANTED,
     REASON_UNKNOWN,
     REASON_UNREADABLE,
-    DatasetInfo,
     Miss,
     absent_message,
-    dataset_for_path,
-    is_dataset_ancestor,
 )
 from vfs.refs import HubFileRef, MemberRef, UpstreamRef
 from vfs.sources.upstream import Resolution, UpstreamDir, Upstreams

@@ -21,11 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vfs.catalog.annotations import AnnotationError, normalise_video_path, write_filtered
+from vfs.datasets import REGISTRY, dataset_for_path
 from vfs.durable import publish
-from vfs.guidance import (
-    REGISTRY,
-    dataset_for_path,
-)
 from vfs.layout import CacheLayout
 from vfs.refs import LocalFileRef, MemberRef, UpstreamRef
 from vfs.tree.availability import (

@@ -22,7 +22,7 @@ import posixpath
 from typing import TYPE_CHECKING, cast
 
 from vfs.catalog.catalog import CatalogData
-from vfs.guidance import REGISTRY
+from vfs.datasets import REGISTRY
 from vfs.refs import UpstreamDirRef, UpstreamRef, VirtualRef
 from vfs.tree.namespace import Namespace, NamespaceBuilder, PathConflict
 
