@@ -1,5 +1,6 @@
-"""Helpers for the reliability tests (issue 5): configs with short retry budgets, an indexed cache built
-once and cloned per test, an in-process harness over the real core, and checks on the cache directory.
+"""Helpers for the fault, crash and hostile-input tests: configs with short retry budgets, an indexed
+cache built once and cloned per test, an in-process harness over the real core, and checks on the cache
+directory.
 
 Nothing here fakes a component: the harness runs the real ``HubClient`` against a running ``HubEmulator``,
 the real ``CacheStore``, shard indexes and ``FsCore``; mounts run the real daemon (``tests.mounting``).

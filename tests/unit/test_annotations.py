@@ -30,7 +30,7 @@ from vfs.catalog.annotations import (
 )
 from vfs.errors import VfsError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Trickle(io.BytesIO):

@@ -21,7 +21,7 @@ import trio
 
 from tests.conftest import REPO_ID
 from tests.mounting import Mount, write_config
-from tests.test_coverage import stage_upstreams, upstream_toml
+from tests.core.test_coverage import stage_upstreams, upstream_toml
 from vfs.catalog.catalog import CatalogDir, load_catalog_offline
 from vfs.config import Config, load_config
 from vfs.demo.dataset import video_bytes
@@ -223,7 +223,7 @@ def test_a_snapshot_goes_stale_when_a_refused_directory_can_be_listed(indexed, d
     assert cfg.source is not None
     script = (
         "import logging, sys\n"
-        "from tests.test_snapshot import STATS\n"
+        "from tests.core.test_snapshot import STATS\n"
         "from vfs.config import load_config\n"
         "from vfs.catalog.catalog import load_catalog_offline\n"
         "from vfs.layout import CacheLayout\n"
@@ -239,7 +239,7 @@ def test_a_snapshot_goes_stale_when_a_refused_directory_can_be_listed(indexed, d
         ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-c", script, str(cfg.source)],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
         check=True,
     )
     path, current = done.stdout.split()

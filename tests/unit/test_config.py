@@ -34,7 +34,7 @@ from vfs.config import (
 )
 from vfs.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "config.example.toml"
 SECRET = "hf_SECRETtoken0123456789"
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import REPO_ID
 from tests.mounting import Mount, cli, write_config
-from tests.test_coverage import readable_records
+from tests.core.test_coverage import readable_records
 from vfs.catalog.annotations import normalise_video_path
 from vfs.demo.dataset import video_bytes
 

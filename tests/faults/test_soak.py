@@ -1,4 +1,4 @@
-"""Soak (issue 5, point 7; marked slow, out of the default run: ``make soak`` or ``pytest -m slow``).
+"""Soak (marked slow, out of the default run: ``make soak`` or ``pytest -m slow``).
 
 Minutes of concurrent random reads through a real FUSE mount while about 1% of the CDN's answers are
 faulty (resets, truncations, flipped bytes, ignored or wrong ranges, 503, 429, stalls). The cache quota is

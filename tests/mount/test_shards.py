@@ -1,4 +1,4 @@
-"""Issue 3 end to end: `llava-vfs index` (real CLI) -> mount -> videos from seek-indexed tar.gz shards.
+"""Shard videos end to end: `llava-vfs index` (real CLI) -> mount -> videos from seek-indexed tar.gz shards.
 
 Real H.264 mp4s in gzip tar shards of several flavours (vfs.demo.dataset), the real huggingface_hub code
 path against the emulator, a real FUSE mount, and decord reading as LLaVA-NeXT does.
@@ -49,7 +49,7 @@ def test_index_then_every_video_byte_exact_and_decodable(tmp_path, hub, demo) ->
     out = index(cfg, "--jobs", "3")
     assert f"{len(demo.videos)} videos packed" in out
     hub.reset_log()
-    # the absent videos probed at the end are logged loudly, with guidance (issue 4)
+    # the absent videos probed at the end are logged loudly, with guidance
     with Mount(cfg, tmp_path / "mnt", allow_log=(*SKIPPED, r"^missing ")) as m:
         mnt = m.mountpoint
         for rel, video in sorted(demo.videos.items()):

@@ -1,4 +1,4 @@
-"""Network faults (issue 5, point 2), each against the Hub emulator's fault knobs: through the core
+"""Network faults, each against the Hub emulator's fault knobs: through the core
 (``FsCore`` over the real client, cache and shard indexes, in this process) and through a real FUSE mount
 (the daemon as a subprocess).
 

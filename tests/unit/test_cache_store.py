@@ -40,7 +40,7 @@ from vfs.cache.store import (
 )
 from vfs.errors import ConfigError, FetchError, IntegrityError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 WARN_CORRUPT = r"is corrupt"
 
 

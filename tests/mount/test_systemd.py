@@ -200,7 +200,7 @@ def test_allow_other_for_non_root_needs_user_allow_other(tmp_path: Path) -> None
 
 
 def test_sigterm_is_what_the_unit_sends() -> None:
-    # the daemon unmounts on SIGTERM (tests/test_mount.py); the unit must send exactly that
+    # the daemon unmounts on SIGTERM (tests/mount/test_mount.py); the unit must send exactly that
     unit = parse_unit(UNIT)
     assert signal.Signals[unit["Service"]["KillSignal"][-1]] == signal.SIGTERM
     assert unit["Service"]["KillMode"] == ["mixed"]

@@ -1,4 +1,4 @@
-"""Crash safety (issue 5, point 3): the daemon is SIGKILLed during a slow member download, after a
+"""Crash safety: the daemon is SIGKILLed during a slow member download, after a
 publish, and at randomized points while downloads, publishes and evictions run; then restarted.
 
 After every restart: no torn entry is served (a torn or corrupt entry would be quarantined with a WARNING,

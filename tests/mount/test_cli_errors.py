@@ -1,4 +1,4 @@
-"""The bad-config matrix through the real entry points (issue 5, point 5): ``llava-vfs mount``,
+"""The bad-config matrix through the real entry points: ``llava-vfs mount``,
 ``llava-vfs index`` and ``python mount.py``, each a subprocess.
 
 Every user mistake must give ONE line on stderr (``llava-vfs: error: ...`` naming the file and the key),

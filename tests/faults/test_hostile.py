@@ -1,4 +1,4 @@
-"""Bad input (issue 5, points 5 and 6): hostile paths in annotations and in shard member names, malformed and
+"""Bad input: hostile paths in annotations and in shard member names, malformed and
 truncated annotation JSON, a corrupt shard, a corrupt index file, and an unexpected exception inside a
 FUSE handler.
 
