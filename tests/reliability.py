@@ -20,14 +20,19 @@ from pathlib import Path
 
 import trio
 
-from tests.mounting import cli
+from tests.mounting import cli, write_config
 from vfs.cache.store import CacheStore
 from vfs.catalog.catalog import CatalogData, CatalogDir
+from vfs.config import load_config
 from vfs.core import FsCore
+from vfs.daemon import build_core, build_sources
 from vfs.hub.client import HubClient
 from vfs.layout import CacheLayout
+from vfs.refs import VirtualRef
 from vfs.sources.opener import Sources
-from vfs.tree.view import build_view
+from vfs.tree.snapshot import build_namespace
+
+NO_STATS = VirtualRef(lambda: b"{}\n", dynamic=True)  # .vfs/stats.json of a core without a daemon
 
 # Short budgets so a persistent fault ends in EIO within seconds (the defaults are 8 retries / 120 s).
 RETRY_DEADLINE_S = 2.0
@@ -181,7 +186,18 @@ async def core_harness(
     token: str | None = None,
     **client_kw: float,
 ) -> AsyncIterator[Harness]:
-    """FsCore + Sources + HubClient (short retry budget) + CacheStore over an indexed cache dir."""
+    """The daemon's core (``build_core`` over the tree ``build_namespace`` plans) with a HubClient of short
+    retry budgets and a CacheStore, over an indexed cache dir."""
+    config = load_config(
+        write_config(
+            cache_dir.with_name(cache_dir.name + ".toml"),
+            endpoint=endpoint,
+            repo=repo,
+            cache_dir=cache_dir,
+            block_size=str(block_size),
+            max_size=str(max_size_bytes),
+        )
+    )
     layout = CacheLayout(cache_dir)
     catalogs = CatalogDir(layout.catalog, repo)
     commit = catalogs.read_pins()["main"]
@@ -204,15 +220,9 @@ async def core_harness(
             ) as client,
             trio.open_nursery() as nursery,
         ):
-            sources = Sources(
-                commit=data.commit,
-                cache=cache,
-                index_dir=layout.index,
-                block_size=block_size,
-                nursery=nursery,
-                client=client,
-            )
-            core = FsCore(build_view(data, views=("merged", "repo")), sources)
+            sources = build_sources(config, commit=data.commit, cache=cache, client=client, nursery=nursery)
+            namespace, _ = build_namespace(config, layout, data, stats=NO_STATS)
+            core = build_core(config, namespace, sources)
             yield Harness(core=core, sources=sources, client=client, cache=cache, data=data)
             nursery.cancel_scope.cancel()
     finally:

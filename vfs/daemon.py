@@ -30,12 +30,12 @@ import pyfuse3
 import trio
 
 from vfs.access import HubOwnership
-from vfs.cache.shared import open_shared_cache
+from vfs.cache.shared import SharedCache, open_shared_cache
 from vfs.cache.store import CacheStore
 from vfs.catalog.catalog import CatalogData, CatalogDir, CatalogError
 from vfs.catalog.share import restore_from_share_async
 from vfs.config import Config, MountConfig
-from vfs.core import FsCore
+from vfs.core import FsCore, MissListener
 from vfs.errors import ConfigError, FetchError, VfsError, exception_leaves
 from vfs.fuse_ops import Operations
 from vfs.guidance import Miss, MissReporter
@@ -217,6 +217,43 @@ async def _read_catalog(
     return data
 
 
+def build_sources(
+    config: Config,
+    *,
+    commit: str,
+    cache: CacheStore,
+    client: HubClient | None,
+    nursery: trio.Nursery,
+    shared: SharedCache | None = None,
+) -> Sources:
+    """The sources of bytes for ``commit`` as this config sets them up: the one place the daemon, ``prefetch``
+    and the tests get them from. Fetches run in ``nursery`` (a service nursery, not a reader's task)."""
+    return Sources(
+        commit=commit,
+        cache=cache,
+        index_dir=CacheLayout(config.cache.dir).index,
+        block_size=config.cache.block_size_bytes,
+        nursery=nursery,
+        client=client,
+        shared=shared,
+        # one blocking pread per reader whose bytes are not in memory: as many as dataloaders read
+        disk_threads=DISK_THREADS,
+    )
+
+
+def build_core(
+    config: Config, namespace: NamespaceView, sources: Sources, *, on_miss: MissListener | None = None
+) -> FsCore:
+    """The filesystem core over a tree, as this config sets it up (owners and modes, the per-user check)."""
+    return FsCore(
+        namespace,
+        sources,
+        on_miss=on_miss,
+        ownership=hub_ownership(config.mount),
+        check_callers=config.mount.allow_other,
+    )
+
+
 def hub_ownership(mount: MountConfig) -> HubOwnership:
     """What every entry the Hub serves shows: ``[mount] uid, gid, file_mode, dir_mode``, the ids defaulting
     to the daemon's own."""
@@ -293,25 +330,16 @@ async def serve(config: Config, mountpoint: Path, *, max_tasks: int = MAX_FUSE_T
         metrics = stack.enter_context(metrics_server(config, commit=tree.commit))  # binds [metrics] port
         async with trio.open_nursery() as nursery:
             fetches: trio.Nursery = await nursery.start(_fetch_nursery)
-            sources = Sources(
+            sources = build_sources(
+                config,
                 commit=tree.commit,
                 cache=cache,
-                index_dir=layout.index,
-                block_size=config.cache.block_size_bytes,
-                nursery=fetches,
                 client=client,
+                nursery=fetches,
                 shared=await open_shared_cache(config, nursery),
-                # one blocking pread per reader whose bytes are not in memory: as many as dataloaders read
-                disk_threads=DISK_THREADS,
             )
             namespace = tree.namespace
-            core = FsCore(
-                namespace,
-                sources,
-                on_miss=reporter.on_miss,
-                ownership=hub_ownership(config.mount),
-                check_callers=config.mount.allow_other,
-            )
+            core = build_core(config, namespace, sources, on_miss=reporter.on_miss)
             core_box.append(core)
             if metrics is not None:
                 report = tree.report

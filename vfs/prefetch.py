@@ -328,23 +328,20 @@ async def _prefetch_direct(
     progress: bool,
 ) -> None:
     from vfs.cache.shared import open_shared_cache
-    from vfs.daemon import open_client, resolve_token
-    from vfs.sources.opener import Sources
+    from vfs.daemon import build_sources, open_client, resolve_token
 
-    layout = CacheLayout(config.cache.dir)
     client: HubClient | None = None
     try:
         async with AsyncExitStack() as stack:
             if not config.hub.offline:
                 client = await stack.enter_async_context(open_client(config, await resolve_token(config)))
             async with trio.open_nursery() as nursery:
-                sources = Sources(
+                sources = build_sources(
+                    config,
                     commit=catalog.commit,
                     cache=cache,
-                    index_dir=layout.index,
-                    block_size=config.cache.block_size_bytes,
-                    nursery=nursery,
                     client=client,
+                    nursery=nursery,
                     shared=await open_shared_cache(config, nursery),
                 )
                 await _fetch_all(sources, todo, report, jobs=jobs, progress=progress)

@@ -14,16 +14,16 @@ import trio
 
 from tests.conftest import REPO_ID
 from tests.mounting import write_config
+from tests.reliability import NO_STATS
 from vfs.cache.store import CacheStore
 from vfs.catalog.catalog import CatalogDir
 from vfs.config import load_config
-from vfs.core import FsCore
+from vfs.daemon import build_core, build_sources
 from vfs.errors import ReadOnly, VfsError
 from vfs.hub.client import HubClient
 from vfs.indexer import build_catalog
 from vfs.layout import CacheLayout
-from vfs.sources.opener import Sources
-from vfs.tree.view import build_view
+from vfs.tree.snapshot import build_namespace
 
 
 async def _index(tmp_path: Path, hub, **kw):
@@ -54,15 +54,11 @@ async def harness(cfg, layout, data, hub) -> AsyncIterator[Harness]:
 class Harness:
     def __init__(self, cfg, layout, data, nursery, client) -> None:
         self.cache = CacheStore(layout.data, max_size_bytes=cfg.cache.max_size_bytes)
-        self.sources = Sources(
-            commit=data.commit,
-            cache=self.cache,
-            index_dir=layout.index,
-            block_size=cfg.cache.block_size_bytes,
-            nursery=nursery,
-            client=client,
+        self.sources = build_sources(
+            cfg, commit=data.commit, cache=self.cache, client=client, nursery=nursery
         )
-        self.core = FsCore(build_view(data, views=("merged", "repo")), self.sources)
+        namespace, _ = build_namespace(cfg, layout, data, stats=NO_STATS)
+        self.core = build_core(cfg, namespace, self.sources)
 
     async def read_all(self, path: str, chunk: int = 1 << 17) -> bytes:
         node = self.core.ns.resolve(path)

@@ -20,8 +20,8 @@ import pytest
 import trio
 
 from tests.conftest import REPO_ID
-from tests.mounting import Mount, write_config
 from tests.core.test_coverage import stage_upstreams, upstream_toml
+from tests.mounting import Mount, write_config
 from vfs.catalog.catalog import CatalogDir, load_catalog_offline
 from vfs.config import Config, load_config
 from vfs.demo.dataset import video_bytes

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ID
-from tests.mounting import Mount, cli, write_config
 from tests.core.test_coverage import readable_records
+from tests.mounting import Mount, cli, write_config
 from vfs.catalog.annotations import normalise_video_path
 from vfs.demo.dataset import video_bytes
 

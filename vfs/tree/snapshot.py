@@ -535,13 +535,11 @@ class SnapshotExplainer(Explainer):
 # --------------------------------------------------------------------------------------------- building
 
 
-def build_snapshot(
+def build_namespace(
     config: Config, layout: CacheLayout, catalog: CatalogData, *, stats: VirtualRef
-) -> tuple[Namespace, MountPlan, Path | None]:
-    """Blocking (thread only): plan the mount, build its namespace and persist it as a snapshot.
-
-    Returns the in-memory namespace and plan too, so a mount whose snapshot cannot be written (full disk,
-    read-only cache) still serves from memory; the path is None then."""
+) -> tuple[Namespace, MountPlan]:
+    """Blocking (thread only): plan the mount and build the tree it shows, in memory (``stats`` is the live
+    ``.vfs/stats.json``). What a mount serves when no snapshot can be written, and what the tests mount."""
     plan = plan_mount(config, layout, catalog)
     ns = build_view(
         catalog,
@@ -550,6 +548,17 @@ def build_snapshot(
         availability=plan.availability,
         entries=plan.entries,
     )
+    return ns, plan
+
+
+def build_snapshot(
+    config: Config, layout: CacheLayout, catalog: CatalogData, *, stats: VirtualRef
+) -> tuple[Namespace, MountPlan, Path | None]:
+    """Blocking (thread only): plan the mount, build its namespace and persist it as a snapshot.
+
+    Returns the in-memory namespace and plan too, so a mount whose snapshot cannot be written (full disk,
+    read-only cache) still serves from memory; the path is None then."""
+    ns, plan = build_namespace(config, layout, catalog, stats=stats)
     catalogs = CatalogDir(layout.catalog, config.hub.repo)
     if not plan.complete:
         return ns, plan, None

@@ -4,9 +4,8 @@ Views (``[mount] views``):
 - ``repo``: every file of the repo at its repo path (annotation JSONs, shards, README), so a data YAML can
   point into the mount.
 - ``merged``: every available video at its annotation path (``academic_source/...``,
-  ``liwei_youtube_videos/...``): what LLaVA-NeXT's ``video_folder`` expects. With an ``Availability``
-  (``vfs.tree.availability``) that is the shard members, upstream files and directories and repo files it
-  chose; without one, the shard members of the catalog.
+  ``liwei_youtube_videos/...``): what LLaVA-NeXT's ``video_folder`` expects: the shard members, upstream
+  files and directories and repo files the ``Availability`` (``vfs.tree.availability``) chose.
 - ``per_directory``: the same videos again under ``<data_source>/<video>``, the layout several third-party
   loaders use.
 Only available files are listed, so ``ls`` and ``find -type f | wc -l`` measure coverage. The directories
@@ -40,7 +39,7 @@ def build_view(
     *,
     views: tuple[str, ...] = ("merged", "repo"),
     extra_files: dict[str, VirtualRef] | None = None,
-    availability: Availability | None = None,
+    availability: Availability,
     entries: dict[str, tuple[int, object]] | None = None,
 ) -> Namespace:
     """The namespace of one mount. ``extra_files`` (in-memory) and ``entries`` (``(size, ref)``) are
@@ -74,32 +73,23 @@ def build_view(
 
     av = availability
     if "merged" in views:
-        if av is None:
-            for path, member in catalog.members.items():
-                add(path, member.size, member)
-        else:
-            for path, served in av.served.items():
-                add(path, served.size, served.ref)
-            for path, directory in av.dirs.items():
-                add_frames(path, directory)
-            for parent in dict.fromkeys(path.rpartition("/")[0] for path in av.absent):
-                add_dir(parent)
-            for prefix in skeleton_prefixes(av):
-                add_dir(prefix)
+        for path, served in av.served.items():
+            add(path, served.size, served.ref)
+        for path, directory in av.dirs.items():
+            add_frames(path, directory)
+        for parent in dict.fromkeys(path.rpartition("/")[0] for path in av.absent):
+            add_dir(parent)
+        for prefix in skeleton_prefixes(av):
+            add_dir(prefix)
     if "repo" in views:
         for f in catalog.files:
-            if av is None or av.excluded(f.path) is None:
+            if av.excluded(f.path) is None:
                 add(f.path, f.size, f)
     if "per_directory" in views:
         seen_parents: set[str] = set()
         for row in catalog.wanted:
             label = row.data_source or row.annotation.split("/", 1)[0]
             target = f"{label}/{row.path}"
-            if av is None:
-                packed = catalog.members.get(row.path)
-                if packed is not None:
-                    add(target, packed.size, packed)
-                continue
             chosen = av.served.get(row.path)
             if chosen is not None:
                 add(target, chosen.size, chosen.ref)
