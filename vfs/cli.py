@@ -1,5 +1,8 @@
 """``llava-vfs``: the command line. Each subcommand validates its config first and exits with a
 documented code on a user mistake (one line on stderr, no traceback; see ``vfs.errors.ConfigError``).
+
+Each command imports its own modules when it runs (the imports marked "lazy"), so that ``llava-vfs
+--help``, and a config mistake, answer before trio, pyfuse3, huggingface_hub or PyAV are loaded.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from vfs.cache.store import CacheStore
+from vfs.config import check_writable_cache, load_config
 from vfs.errors import ConfigError
+from vfs.layout import CacheLayout
 
 
 def _setup_logging(level: str) -> None:
@@ -24,19 +30,15 @@ def _setup_logging(level: str) -> None:
 
 
 def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from vfs.config import load_config
-
     return load_config(Path(args.config) if args.config else None)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from vfs.config import check_writable_cache
-
     # The config is checked before the daemon's heavy imports (trio, pyfuse3, the Hub client): a mistake
     # in it is reported at once.
     config = _load(args)
     check_writable_cache(config)
-    from vfs.daemon import check_mountpoint, run
+    from vfs.daemon import check_mountpoint, run  # lazy
 
     mountpoint = Path(args.mountpoint)
     check_mountpoint(mountpoint)
@@ -44,17 +46,15 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from vfs.config import check_writable_cache
-
     config = _load(args)
     check_writable_cache(config)
-    from vfs.indexer import run_index
+    from vfs.indexer import run_index  # lazy
 
     return run_index(config, jobs=args.jobs, progress=not args.no_progress, refresh=args.refresh)
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
-    from vfs.prefetch import run_prefetch
+    from vfs.prefetch import run_prefetch  # lazy
 
     return run_prefetch(
         _load(args),
@@ -68,7 +68,7 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
 
 
 def cmd_yaml(args: argparse.Namespace) -> int:
-    from vfs.yamlgen import run_yaml
+    from vfs.yamlgen import run_yaml  # lazy
 
     return run_yaml(
         _load(args),
@@ -83,9 +83,6 @@ def cmd_yaml(args: argparse.Namespace) -> int:
 def cmd_verify_cache(args: argparse.Namespace) -> int:
     """Exit 0: every entry is good (or there is no cache); 1: corrupt entries were found and quarantined;
     3: the cache is in use by a running mount (it verifies its entries itself) or unusable."""
-    from vfs.cache.store import CacheStore
-    from vfs.layout import CacheLayout
-
     config = _load(args)
     layout = CacheLayout(config.cache.dir)
     if not layout.data.is_dir():
@@ -113,25 +110,25 @@ def _human(size_bytes: int) -> str:
 
 
 def cmd_coverage(args: argparse.Namespace) -> int:
-    from vfs.commands.coverage import run_coverage
+    from vfs.commands.coverage import run_coverage  # lazy
 
     return run_coverage(_load(args), as_json=args.json)
 
 
 def cmd_provenance(args: argparse.Namespace) -> int:
-    from vfs.commands.coverage import run_provenance
+    from vfs.commands.coverage import run_provenance  # lazy
 
     return run_provenance(_load(args), as_json=args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vfs.demo.run import run_demo
+    from vfs.demo.run import run_demo  # lazy
 
     return run_demo(workdir=Path(args.workdir) if args.workdir else None, keep=args.keep)
 
 
 def cmd_hub_emulator(args: argparse.Namespace) -> int:
-    from vfs.hub.emulator import serve_forever
+    from vfs.hub.emulator import serve_forever  # lazy
 
     root = Path(args.root)
     if not root.is_dir():

@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import pyfuse3
 import trio
+from huggingface_hub import get_token
 
 from vfs.access import HubOwnership
 from vfs.cache.shared import SharedCache, open_shared_cache
@@ -43,7 +44,7 @@ from vfs.hub.client import HubAccessError, HubClient, is_commit_sha
 from vfs.layout import CacheLayout
 from vfs.metrics import metrics_server
 from vfs.mountinfo import mounts
-from vfs.refs import VirtualRef, json_file
+from vfs.refs import HubFileRef, VirtualRef, json_file
 from vfs.sources.opener import Sources
 from vfs.tree.namespace import NamespaceView
 from vfs.tree.plan import log_coverage
@@ -79,7 +80,6 @@ def sd_notify(message: str) -> None:
 async def resolve_token(config: Config) -> str | None:
     if config.hub.token is not None:
         return config.hub.token
-    from huggingface_hub import get_token
 
     return await trio.to_thread.run_sync(get_token)
 
@@ -206,7 +206,6 @@ async def _read_catalog(
     if client is None:
         raise ConfigError(f"no catalog for commit {commit} and the Hub is offline", 4)
     files = await hub_call(client.list_files(commit), config)
-    from vfs.refs import HubFileRef
 
     data = CatalogData(
         repo=config.hub.repo,

@@ -27,11 +27,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from vfs.cache.shared import IndexShare
 from vfs.catalog.annotations import AnnotationError, annotation_kind, iter_video_records, video_directory
 from vfs.catalog.catalog import CatalogData, CatalogDir, ShardInfo, WantedRow
 from vfs.config import Config
+from vfs.daemon import hub_call, open_client, resolve_token
 from vfs.errors import ConfigError, FetchError, IntegrityError, VfsError, exception_leaves
 from vfs.hub.client import HubClient, RepoFile
 from vfs.layout import CacheLayout, index_path
@@ -40,7 +49,7 @@ from vfs.targz.shard_index import CorruptShard, ShardIndex, build_shard_index
 from vfs.tree.snapshot import index_artifacts
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
+    from rich.progress import TaskID
 
 log = logging.getLogger(__name__)
 
@@ -306,15 +315,6 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         if self._enabled:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
             self._progress = Progress(
                 TextColumn("indexing shards"),
                 BarColumn(),
@@ -353,7 +353,6 @@ class _Progress:
 
 
 async def index_async(config: Config, *, jobs: int, progress: bool, refresh: bool = False) -> IndexReport:
-    from vfs.daemon import hub_call, open_client, resolve_token
 
     if config.hub.offline:
         raise ConfigError("index needs the Hub, but offline mode is on (HF_HUB_OFFLINE or hub.offline)", 4)

@@ -35,22 +35,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import trio
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
-from vfs.cache.store import entry_file
-from vfs.catalog.catalog import CatalogData, CatalogDir
+from vfs.cache.shared import SharedTier, open_shared_cache
+from vfs.cache.store import CacheLocked, CacheStore, entry_file
+from vfs.catalog.catalog import CatalogData, CatalogDir, load_catalog_offline
+from vfs.catalog.share import restore_from_share
 from vfs.config import Config
+from vfs.daemon import build_sources, open_client, resolve_token
 from vfs.errors import ConfigError, VfsError
+from vfs.indexer import run_index
 from vfs.layout import CacheLayout
 from vfs.mountinfo import mounts
 from vfs.refs import HubFileRef, MemberRef
+from vfs.tree.availability import KIND_SHARD, compute_availability
 
 if TYPE_CHECKING:
-    from vfs.cache.store import CacheStore
     from vfs.hub.client import HubClient
     from vfs.sources.opener import Sources
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +100,6 @@ def local_catalog(config: Config) -> CatalogData:
 
     ``ConfigError`` exit 4 when there is none (run ``llava-vfs index``), 3 when it is unreadable.
     """
-    from vfs.catalog.catalog import load_catalog_offline
-    from vfs.catalog.share import restore_from_share
 
     catalogs = CatalogDir(CacheLayout(config.cache.dir).catalog, config.hub.repo)
     try:
@@ -111,7 +120,6 @@ def catalog_for_prefetch(config: Config, *, dry: bool, progress: bool) -> Catalo
         catalog = None
     if catalog is not None and (catalog.indexed or dry or config.hub.offline):
         return catalog
-    from vfs.indexer import run_index
 
     print(
         "llava-vfs prefetch: this config has no index yet; running `llava-vfs index` first", file=sys.stderr
@@ -126,10 +134,6 @@ def catalog_for_prefetch(config: Config, *, dry: bool, progress: bool) -> Catalo
 
 def servable_members(config: Config, catalog: CatalogData) -> dict[str, MemberRef]:
     """Video path -> member, for every video the mount serves from a shard (honours upstreams, exclude)."""
-    try:
-        from vfs.tree.availability import KIND_SHARD, compute_availability
-    except ImportError:  # pragma: no cover - coverage is part of the package; keep prefetch usable alone
-        return dict(catalog.members)
     av = compute_availability(config, catalog)
     return {
         path: served.ref
@@ -253,7 +257,6 @@ def open_cache_for_prefetch(config: Config) -> CacheStore | Path:
 
     ``ConfigError`` exit 3 when another process (not a mount we can find) owns the cache.
     """
-    from vfs.cache.store import CacheLocked, CacheStore
 
     layout = CacheLayout(config.cache.dir)
     layout.create()
@@ -282,15 +285,6 @@ class _Bar:
         self._files = 0
         self._total_files = total_files
         if enabled:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
             self._progress = Progress(
                 TextColumn(label),
                 BarColumn(),
@@ -327,8 +321,6 @@ async def _prefetch_direct(
     jobs: int,
     progress: bool,
 ) -> None:
-    from vfs.cache.shared import open_shared_cache
-    from vfs.daemon import build_sources, open_client, resolve_token
 
     client: HubClient | None = None
     try:
@@ -455,7 +447,6 @@ def _human(size_bytes: int) -> str:
 
 def dry_run(config: Config, selection: Selection, out: TextIO) -> PrefetchReport:
     """Print what a real run would fetch: ``size<TAB>source<TAB>path`` per file, then a summary."""
-    from vfs.cache.shared import SharedTier
 
     layout = CacheLayout(config.cache.dir)
     # not prepare(): a dry run creates nothing, not even the share's directories

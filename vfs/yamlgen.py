@@ -33,6 +33,7 @@ from vfs.catalog.catalog import CatalogData
 from vfs.config import Config
 from vfs.durable import publish
 from vfs.errors import ConfigError
+from vfs.prefetch import local_catalog
 
 AVAILABLE_DIR = ".vfs/available"
 _STRATEGY_RE = re.compile(r"^(?:all|(?:first|end|random):[0-9]+%?)$")
@@ -112,7 +113,6 @@ def run_yaml(
     out: TextIO | None = None,
 ) -> int:
     """The CLI entry point: print (or write to ``output``) the YAML; 1 if a live mount lacks a json_path."""
-    from vfs.prefetch import local_catalog
 
     check_strategy(sampling_strategy)
     catalog = local_catalog(config)

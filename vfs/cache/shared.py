@@ -30,12 +30,12 @@ from urllib.parse import quote
 import trio
 
 from vfs.errors import FetchError, IntegrityError
-from vfs.hub.client import is_commit_sha
+from vfs.hub.client import RepoFile, is_commit_sha
+from vfs.targz.shard_index import ShardIndex
 
 if TYPE_CHECKING:
     from vfs.cache.store import CacheStore
     from vfs.config import Config
-    from vfs.hub.client import RepoFile
     from vfs.refs import HubFileRef, MemberRef
 
 log = logging.getLogger(__name__)
@@ -593,7 +593,6 @@ def verify_content_id(path: Path, *, size: int, content_id: str, is_lfs: bool) -
 
 
 def verify_shard_index(path: Path, shard_sha256: str) -> None:
-    from vfs.targz.shard_index import ShardIndex
 
     # the key is the LFS sha256, or the git blob id of a shard stored without LFS
     ShardIndex.load(path, expected_sha256=shard_sha256 if len(shard_sha256) == 64 else None)
@@ -605,7 +604,6 @@ def _listing_to_json(repo: str, commit: str, files: list[RepoFile]) -> bytes:
 
 
 def _listing_from_json(data: bytes, repo: str, commit: str) -> list[RepoFile]:
-    from vfs.hub.client import RepoFile
 
     try:
         obj = json.loads(data)

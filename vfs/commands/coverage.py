@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 
-
 def run_coverage(config: Config, *, as_json: bool, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     av = compute_availability(config, load_catalog_offline(config))

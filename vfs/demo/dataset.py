@@ -239,7 +239,7 @@ def make_mp4(*, seconds: float, width: int, height: int, fps: int, seed: int) ->
     no longer depends on which SIMD extensions the CPU has. It costs about twice the encode time.
     """
     import av  # the demo extra: imported here so the filesystem itself never needs PyAV or numpy
-    import numpy as np
+    import numpy as np  # the demo extra, like PyAV
 
     _check_frame_size(width, height)
     frame_count = max(1, round(seconds * fps))
@@ -291,7 +291,7 @@ def pad_mp4(data: bytes, padding_bytes: int, *, seed: int) -> bytes:
         return data
     if padding_bytes < 16:
         raise ValueError("padding must be 0 or at least 16 bytes (one box header)")
-    import numpy as np
+    import numpy as np  # the demo extra, like PyAV
 
     if padding_bytes <= 0xFFFFFFFF:
         header = struct.pack(">I4s", padding_bytes, b"free")

@@ -19,13 +19,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from vfs.config import load_config
+from vfs.demo.dataset import DemoSpec, build_demo_dataset
+from vfs.hub.emulator import HubEmulator
+from vfs.indexer import run_index
+
 REPO_ID = "lmms-lab/LLaVA-Video-178K"
 
 
 def _read_like_llava_next(path: str) -> int:
     """LLaVA-NeXT's ``process_video_with_decord``: open, 64 uniform frames, seek(0). Returns frames read."""
-    import numpy as np
-    from decord import VideoReader, cpu
+    import numpy as np  # the demo extra: the filesystem itself never needs numpy or decord
+    from decord import VideoReader, cpu  # the demo extra
 
     vr = VideoReader(path, ctx=cpu(0), num_threads=1)
     total = len(vr)
@@ -46,10 +51,6 @@ def _wait_mounted(proc: subprocess.Popen[bytes], mountpoint: Path, timeout_s: fl
 
 
 def run_demo(*, workdir: Path | None = None, keep: bool = False) -> int:
-    from vfs.config import load_config
-    from vfs.demo.dataset import DemoSpec, build_demo_dataset
-    from vfs.hub.emulator import HubEmulator
-    from vfs.indexer import run_index
 
     own_dir = workdir is None
     work = Path(tempfile.mkdtemp(prefix="llava-vfs-demo-")) if workdir is None else workdir

@@ -73,6 +73,8 @@ _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 def is_commit_sha(revision: str) -> bool:
     """Whether ``revision`` is already a commit (40 lowercase hex digits) rather than a branch or tag."""
     return _COMMIT_RE.fullmatch(revision) is not None
+
+
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 # The Hub's RateLimit header: `"resolvers";r=0;t=55`. huggingface_hub's own parser takes integer seconds
 # only; this one also takes fractions (the emulator uses them to keep tests fast).

@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 
-
 @dataclass
 class MountPlan:
     """What a mount is built from: availability, the coverage report and the ``.vfs/`` entries."""

@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 
-
 def coverage_report(av: Availability) -> dict[str, object]:
     """The ``coverage --json`` object (also ``.vfs/coverage.json``)."""
     by_directory: dict[str, Counter[str]] = defaultdict(Counter)

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from vfs.errors import ConfigError
 from vfs.hub.emulator.app import HubEmulator
 
 logger = logging.getLogger(__package__)  # one log for the whole emulator: "vfs.hub.emulator"
@@ -27,7 +28,6 @@ def serve_forever(
 
     Must run on the main thread (it installs signal handlers, and restores the previous ones on return).
     """
-    from vfs.errors import ConfigError
 
     if not Path(root).is_dir():
         raise ConfigError(f"hub emulator root {root} is not a directory", exit_code=3)
