@@ -22,7 +22,7 @@ import trio
 from vfs.access import Caller, HubOwnership, Owner, real_owner
 from vfs.errors import IsADirectory, NoAttribute, NotFound, PermissionDenied, ReadOnly
 from vfs.guidance import REASON_UNREADABLE
-from vfs.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamDirRef, UpstreamRef, VirtualRef
+from vfs.refs import UpstreamDirRef, UpstreamRef
 from vfs.sources.base import Handle
 from vfs.sources.opener import Sources
 from vfs.tree.namespace import NamespaceView, Node
@@ -47,21 +47,6 @@ class CoreStats:
 
 # Told every lookup miss; returns why the path is absent (``vfs.guidance`` REASON_*), or None.
 MissListener = Callable[[str], str | None]
-
-
-def describe_source(ref: object) -> str:
-    """What ``user.vfs.source`` says: where the bytes come from."""
-    if isinstance(ref, MemberRef):
-        return f"shard:{ref.shard_path}#{ref.member_path}@{ref.offset}"
-    if isinstance(ref, HubFileRef):
-        return f"hub:{ref.path}"
-    if isinstance(ref, UpstreamRef):
-        return f"upstream:{ref.dataset}:{ref.real_path}"
-    if isinstance(ref, VirtualRef):
-        return "virtual"
-    if isinstance(ref, LocalFileRef):
-        return f"local:{ref.path}"
-    return "unknown"
 
 
 class FsCore:
@@ -177,7 +162,8 @@ class FsCore:
         if node.is_dir:
             raise NoAttribute(name)
         if name == XATTR_SOURCE:
-            return describe_source(self.ns.ref_of(node)).encode()
+            ref = self.ns.ref_of(node)
+            return (ref.source if ref is not None else "unknown").encode()
         if name == XATTR_CACHED:
             cached = await trio.to_thread.run_sync(
                 self.sources.is_cached, self.ns.ref_of(node), limiter=self.sources.disk_limiter

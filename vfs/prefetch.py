@@ -55,7 +55,7 @@ from vfs.indexer import run_index
 from vfs.layout import CacheLayout
 from vfs.mountinfo import mounts
 from vfs.refs import HubFileRef, MemberRef
-from vfs.tree.availability import KIND_SHARD, compute_availability
+from vfs.tree.availability import compute_availability
 
 if TYPE_CHECKING:
     from vfs.hub.client import HubClient
@@ -135,11 +135,7 @@ def catalog_for_prefetch(config: Config, *, dry: bool, progress: bool) -> Catalo
 def servable_members(config: Config, catalog: CatalogData) -> dict[str, MemberRef]:
     """Video path -> member, for every video the mount serves from a shard (honours upstreams, exclude)."""
     av = compute_availability(config, catalog)
-    return {
-        path: served.ref
-        for path, served in av.served.items()
-        if served.kind == KIND_SHARD and isinstance(served.ref, MemberRef)
-    }
+    return {path: served.ref for path, served in av.served.items() if isinstance(served.ref, MemberRef)}
 
 
 def _directory_of(item_path: str, ref: MemberRef | HubFileRef) -> str:

@@ -10,6 +10,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from vfs.errors import IntegrityError
 
@@ -17,6 +18,8 @@ from vfs.errors import IntegrityError
 @dataclass(frozen=True, slots=True)
 class HubFileRef:
     """A file of the repo at the pinned commit, read lazily block by block."""
+
+    kind: ClassVar[str] = "hub"
 
     path: str
     size: int
@@ -26,6 +29,11 @@ class HubFileRef:
     @property
     def content_id(self) -> str:
         return self.lfs_sha256 or self.blob_id
+
+    @property
+    def source(self) -> str:
+        """What ``user.vfs.source`` says: where the bytes come from."""
+        return f"hub:{self.path}"
 
     def block_key(self, block_size: int, index: int) -> str:
         """The cache key of block ``index`` when the file is cached in blocks of ``block_size``."""
@@ -50,6 +58,8 @@ class HubFileRef:
 class MemberRef:
     """A member of a ``.tar.gz`` shard, fetched whole on first open and served from the cache."""
 
+    kind: ClassVar[str] = "shard"
+
     shard_path: str
     shard_sha256: str
     member_path: str
@@ -61,6 +71,10 @@ class MemberRef:
     def cache_key(self) -> str:
         return f"mem/{self.shard_sha256}/{self.offset}"
 
+    @property
+    def source(self) -> str:
+        return f"shard:{self.shard_path}#{self.member_path}@{self.offset}"
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRef:
@@ -69,10 +83,16 @@ class UpstreamRef:
     ``root`` is the resolved root: opening re-checks that the file still lies inside it.
     """
 
+    kind: ClassVar[str] = "upstream"
+
     dataset: str
     real_path: str
     size: int
     root: str = ""
+
+    @property
+    def source(self) -> str:
+        return f"upstream:{self.dataset}:{self.real_path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +100,15 @@ class UpstreamDirRef:
     """A directory that exists only for one upstream dataset: it shows the owner and mode of ``real_path``,
     its real counterpart (the directory holding what it lists, or the dataset's root)."""
 
+    kind: ClassVar[str] = "upstream"
+
     dataset: str
     real_path: str
     root: str
+
+    @property
+    def source(self) -> str:
+        return f"upstream:{self.dataset}:{self.real_path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,16 +116,34 @@ class LocalFileRef:
     """A file the daemon derived and keeps under its cache dir (``.vfs/available/...``, ``missing.tsv``),
     published atomically before the mount starts and served with ``pread``."""
 
+    kind: ClassVar[str] = "local"
+
     path: str
     size: int
+
+    @property
+    def source(self) -> str:
+        return f"local:{self.path}"
 
 
 @dataclass(frozen=True, slots=True)
 class VirtualRef:
     """A ``.vfs/`` file rendered in memory; ``dynamic`` ones are re-rendered at every open."""
 
+    kind: ClassVar[str] = "virtual"
+
     render: Callable[[], bytes]
     dynamic: bool = False
+
+    @property
+    def source(self) -> str:
+        return "virtual"
+
+
+# What a file's node holds: where its bytes come from. ``Sources.open`` dispatches on it, in one place.
+FileRef = HubFileRef | MemberRef | UpstreamRef | LocalFileRef | VirtualRef
+# What any node holds: a file's ref, or what a directory shows the owner and mode of (None: the setting).
+Ref = FileRef | UpstreamDirRef
 
 
 def json_file(render: Callable[[], object], *, dynamic: bool = False) -> VirtualRef:

@@ -23,7 +23,7 @@ from vfs.demo.dataset import video_bytes
 from vfs.indexer import index_async
 from vfs.layout import CacheLayout
 from vfs.refs import MemberRef, UpstreamRef
-from vfs.tree.availability import KIND_SHARD, KIND_UPSTREAM, compute_availability
+from vfs.tree.availability import compute_availability
 from vfs.tree.reports import (
     build_available_annotations,
     coverage_report,
@@ -118,7 +118,7 @@ def test_upstream_wins_unless_prefer_shard(indexed, demo, tmp_path: Path) -> Non
     av = compute_availability(cfg, load_catalog_offline(cfg))
     for path, data in served.items():
         s = av.served[path]
-        assert s.kind == KIND_UPSTREAM and isinstance(s.ref, UpstreamRef), path
+        assert s.kind == UpstreamRef.kind and isinstance(s.ref, UpstreamRef), path
         assert Path(s.ref.real_path).read_bytes() == data and s.size == len(data)
     report = coverage_report(av)
     packed_wanted = demo.wanted & demo.videos.keys()
@@ -138,8 +138,8 @@ def test_upstream_wins_unless_prefer_shard(indexed, demo, tmp_path: Path) -> Non
     shard_first = config(indexed, "shardfirst", upstream_toml(tmp_path / "up", prefer="shard"))
     av2 = compute_availability(shard_first, load_catalog_offline(shard_first))
     for path in charades:
-        assert av2.served[path].kind == KIND_SHARD and isinstance(av2.served[path].ref, MemberRef)
-    assert av2.served[f"{CHARADES}ZZUP1.mp4"].kind == KIND_UPSTREAM  # no shard copy: upstream still serves
+        assert av2.served[path].kind == MemberRef.kind and isinstance(av2.served[path].ref, MemberRef)
+    assert av2.served[f"{CHARADES}ZZUP1.mp4"].kind == UpstreamRef.kind  # no shard copy: upstream still serves
 
 
 def test_exclude_hides_even_packed_videos(indexed, demo) -> None:

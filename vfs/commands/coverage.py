@@ -10,10 +10,8 @@ from typing import IO, TYPE_CHECKING
 
 from vfs.catalog.catalog import load_catalog_offline
 from vfs.config import Config
+from vfs.refs import HubFileRef, MemberRef, UpstreamRef
 from vfs.tree.availability import (
-    KIND_HUB,
-    KIND_SHARD,
-    KIND_UPSTREAM,
     OTHER,
     compute_availability,
 )
@@ -57,11 +55,11 @@ def run_provenance(config: Config, *, as_json: bool, out: IO[str] | None = None)
         return 0
     out.write("path\tsource\tfrom\tdataset\tterms\n")
     for item in iter_provenance(av):
-        if item["source"] == KIND_SHARD:
+        if item["source"] == MemberRef.kind:
             origin = f"{item['shard']}#{item['member']}@{item['offset']}"
-        elif item["source"] == KIND_UPSTREAM:
+        elif item["source"] == UpstreamRef.kind:
             origin = str(item.get("upstream_file") or item.get("upstream_dir"))
-        elif item["source"] == KIND_HUB:
+        elif item["source"] == HubFileRef.kind:
             origin = str(item["hub_file"])
         else:
             origin = f"{item['reason']}: {item['guidance']}"

@@ -21,7 +21,7 @@ from cachetools import LRUCache
 from vfs.access import Caller
 from vfs.errors import FetchError, VfsError
 from vfs.layout import index_path
-from vfs.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef, VirtualRef
+from vfs.refs import HubFileRef, LocalFileRef, MemberRef, Ref, UpstreamRef, VirtualRef
 from vfs.sources.base import BytesHandle, FdCache, FdHandle, Handle
 from vfs.sources.hubfile import HubFileHandle, fetch_block, read_cached_block
 from vfs.sources.member import fetch_member
@@ -77,7 +77,7 @@ class Sources:
             raise FetchError(f"{what}: not in the cache and the Hub is offline")
         return self.client
 
-    async def open(self, ref: object, caller: Caller | None = None) -> Handle:
+    async def open(self, ref: Ref | None, caller: Caller | None = None) -> Handle:
         """A handle on ``ref``'s bytes. ``caller`` (an ``allow_other`` mount) is checked against an
         upstream file's real path; everything else the kernel has already checked (``vfs.access``)."""
         if isinstance(ref, MemberRef):
@@ -94,7 +94,7 @@ class Sources:
             return await open_local(ref, self.disk_limiter)
         raise TypeError(f"unknown ref {ref!r}")
 
-    def is_cached(self, ref: object) -> bool:
+    def is_cached(self, ref: Ref | None) -> bool:
         """Blocking (a stat): whether opening the file would need no download."""
         if isinstance(ref, MemberRef):
             return self.cache.contains(ref.cache_key)

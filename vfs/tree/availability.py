@@ -50,9 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "KIND_HUB",
-    "KIND_SHARD",
-    "KIND_UPSTREAM",
     "Availability",
     "Explainer",
     "PathFacts",
@@ -60,9 +57,6 @@ __all__ = [
     "compute_availability",
 ]
 
-KIND_SHARD = "shard"
-KIND_UPSTREAM = "upstream"
-KIND_HUB = "hub"
 OTHER = "other"
 # Bumped when the filtering rule or output format changes, so cached filtered files are rebuilt.
 FILTER_FORMAT = "available-v1"
@@ -76,9 +70,13 @@ MISSING_FORMAT = "missing-v1"
 class Served:
     """How one file of the merged view is served."""
 
-    kind: str  # KIND_SHARD, KIND_UPSTREAM or KIND_HUB
     size: int
     ref: MemberRef | UpstreamRef | HubFileRef
+
+    @property
+    def kind(self) -> str:
+        """Where it is served from: ``shard``, ``upstream`` or ``hub`` (the ref's kind)."""
+        return self.ref.kind
 
 
 def _is_shard(path: str) -> bool:
@@ -229,7 +227,7 @@ class Availability(Explainer):
         served = self.served.get(path)
         if served is not None:
             return served.kind
-        return KIND_UPSTREAM if path in self.dirs else None
+        return UpstreamRef.kind if path in self.dirs else None
 
     def facts(self, path: str) -> PathFacts | None:
         available = self.is_available(path)
@@ -295,12 +293,12 @@ def compute_availability(
         upstream = resolution.files.get(path) or resolution.extras.get(path)
         member = catalog.members.get(path)
         if upstream is not None and (member is None or upstream.rule not in prefer_shard):
-            return Served(KIND_UPSTREAM, upstream.size, upstream.ref())
+            return Served(upstream.size, upstream.ref())
         if member is not None:
-            return Served(KIND_SHARD, member.size, member)
+            return Served(member.size, member)
         hub = files_by_path.get(path) if path in wanted else None
         if hub is not None:
-            return Served(KIND_HUB, hub.size, hub)
+            return Served(hub.size, hub)
         return None
 
     for path in dict.fromkeys([*catalog.members, *resolution.files, *resolution.extras, *wanted]):

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from vfs.refs import FileRef, Ref, UpstreamDirRef
+
 ROOT_INO = 1
 
 
@@ -32,7 +34,7 @@ class Node:
     parent: int
     name: str
     size: int
-    ref: object | None
+    ref: Ref | None
     children: dict[str, int] | None
     _sorted: list[str] | None = None
 
@@ -56,7 +58,7 @@ class NamespaceView(Protocol):
 
     def entries(self, node: Node, start: int) -> Iterator[tuple[str, Node, int]]: ...
 
-    def ref_of(self, node: Node) -> object | None: ...
+    def ref_of(self, node: Node) -> Ref | None: ...
 
     def path_of(self, node: Node) -> str: ...
 
@@ -113,7 +115,7 @@ class Namespace:
             assert child is not None
             yield names[pos], child, pos + 1
 
-    def ref_of(self, node: Node) -> object | None:
+    def ref_of(self, node: Node) -> Ref | None:
         return node.ref
 
     def path_of(self, node: Node) -> str:
@@ -172,7 +174,7 @@ class NamespaceBuilder:
     def add_dir(self, path: str) -> Node:
         return self._dir([p for p in path.split("/") if p])
 
-    def add_file(self, path: str, size: int, ref: object, *, replace: bool = False) -> Node:
+    def add_file(self, path: str, size: int, ref: FileRef, *, replace: bool = False) -> Node:
         """Add a file; an existing file at the path is kept unless ``replace``. Raises PathConflict."""
         parts = [p for p in path.split("/") if p]
         if not parts:
@@ -203,7 +205,7 @@ class NamespaceBuilder:
             node = self._nodes[node.children[part]]
         return True
 
-    def fold_dirs(self, fold: Callable[[list[object | None]], object | None]) -> None:
+    def fold_dirs(self, fold: Callable[[list[Ref | None]], UpstreamDirRef | None]) -> None:
         """Set each directory's ref to ``fold`` of its children's refs, deepest directories first (a
         child directory's ref is folded before its parent's)."""
         # Children are appended after their parent, so reverse inode order visits every child first.

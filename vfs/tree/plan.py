@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from vfs.catalog.catalog import CatalogData
 from vfs.config import Config
 from vfs.layout import CacheLayout
-from vfs.refs import LocalFileRef, json_file
+from vfs.refs import FileRef, LocalFileRef, json_file
 from vfs.tree.availability import (
     Availability,
     compute_availability,
@@ -40,7 +40,7 @@ class MountPlan:
 
     availability: Availability
     report: dict[str, object]
-    entries: dict[str, tuple[int, object]]  # .vfs/ relative name -> (size, ref)
+    entries: dict[str, tuple[int, FileRef]]  # .vfs/ relative name -> (size, ref)
     complete: bool = True  # False when a derived file could not be written (full disk): do not persist
 
 
@@ -50,7 +50,7 @@ def plan_mount(config: Config, layout: CacheLayout, catalog: CatalogData) -> Mou
     av = compute_availability(config, catalog)
     report = coverage_report(av)
     coverage_ref: VirtualRef = json_file(lambda: report)
-    entries: dict[str, tuple[int, object]] = {"coverage.json": (len(coverage_ref.render()), coverage_ref)}
+    entries: dict[str, tuple[int, FileRef]] = {"coverage.json": (len(coverage_ref.render()), coverage_ref)}
     # The derived files are a convenience: a full disk must not keep the videos from being served.
     available: dict[str, LocalFileRef] = {}
     complete = True

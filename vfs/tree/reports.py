@@ -24,12 +24,9 @@ from vfs.catalog.annotations import AnnotationError, normalise_video_path, write
 from vfs.datasets import REGISTRY, dataset_for_path
 from vfs.durable import publish
 from vfs.layout import CacheLayout
-from vfs.refs import LocalFileRef, MemberRef, UpstreamRef
+from vfs.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef
 from vfs.tree.availability import (
     FILTER_FORMAT,
-    KIND_HUB,
-    KIND_SHARD,
-    KIND_UPSTREAM,
     MISSING_FORMAT,
     MISSING_SAMPLE_MAX,
     MISSING_SAMPLE_PER_REASON,
@@ -57,7 +54,7 @@ def coverage_report(av: Availability) -> dict[str, object]:
     """The ``coverage --json`` object (also ``.vfs/coverage.json``)."""
     by_directory: dict[str, Counter[str]] = defaultdict(Counter)
     by_dataset: dict[str, Counter[str]] = defaultdict(Counter)
-    by_source: Counter[str] = Counter({KIND_SHARD: 0, KIND_UPSTREAM: 0, KIND_HUB: 0})
+    by_source: Counter[str] = Counter({MemberRef.kind: 0, UpstreamRef.kind: 0, HubFileRef.kind: 0})
     reasons: Counter[str] = Counter()
     for path, rows in av.wanted.items():
         kind = av.kind_of(path)
@@ -83,9 +80,9 @@ def coverage_report(av: Availability) -> dict[str, object]:
             "wanted": counts["wanted"],
             "available": counts["available"],
             "missing": counts["missing"],
-            "shard": counts[KIND_SHARD],
-            "upstream": counts[KIND_UPSTREAM],
-            "hub": counts[KIND_HUB],
+            "shard": counts[MemberRef.kind],
+            "upstream": counts[UpstreamRef.kind],
+            "hub": counts[HubFileRef.kind],
             "title": info.title if info else None,
             "where": info.where if info else None,
             "terms": info.terms if info else None,
@@ -233,7 +230,7 @@ def iter_provenance(av: Availability) -> Iterator[dict[str, object]]:
                 item.update(hub_file=ref.path)
         elif directory is not None:
             item.update(
-                source=KIND_UPSTREAM,
+                source=UpstreamRef.kind,
                 upstream=directory.rule,
                 upstream_dir=directory.real_path,
                 files=len(directory.files),

@@ -39,7 +39,7 @@ from vfs.config import Config
 from vfs.durable import publish
 from vfs.errors import IntegrityError
 from vfs.layout import CacheLayout
-from vfs.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamDirRef, UpstreamRef, VirtualRef
+from vfs.refs import HubFileRef, LocalFileRef, MemberRef, Ref, UpstreamDirRef, UpstreamRef, VirtualRef
 from vfs.sources.upstream import Upstreams
 from vfs.tree.availability import Availability, Explainer, PathFacts
 from vfs.tree.namespace import ROOT_INO, Namespace, Node
@@ -356,7 +356,7 @@ class SnapshotNamespace:
         self.file_count = int(meta["file_count"])
         self.total_bytes = int(meta["total_bytes"])
         self._nodes: LRUCache[int, Node] = LRUCache(maxsize=NODE_CACHE)
-        self._refs: LRUCache[int, object] = LRUCache(maxsize=REF_CACHE)
+        self._refs: LRUCache[int, Ref] = LRUCache(maxsize=REF_CACHE)
         self._listings: LRUCache[int, _Listing] = LRUCache(maxsize=LISTING_CACHE_ENTRIES, getsizeof=len)
 
     def __len__(self) -> int:
@@ -459,23 +459,23 @@ class SnapshotNamespace:
             entry = Node(inos[pos], parent, names[pos], sizes[pos], upstream[pos], children)
             yield names[pos], entry, pos + 1
 
-    def ref_of(self, node: Node) -> object | None:
+    def ref_of(self, node: Node) -> Ref | None:
         if node.ref is not None or node.is_dir:
             return node.ref  # upstream refs are loaded with the node; other directories have none
-        ref = self._refs.get(node.ino)
-        if ref is None:
-            row = self._con.execute(
-                "SELECT size, kind, a, b, c, d, n FROM nodes WHERE ino = ?", (node.ino,)
-            ).fetchone()
-            if row is None:
-                return None
-            ref = self._decode(*row)
+        cached = self._refs.get(node.ino)
+        if cached is not None:
+            return cached
+        row = self._con.execute(
+            "SELECT size, kind, a, b, c, d, n FROM nodes WHERE ino = ?", (node.ino,)
+        ).fetchone()
+        ref = None if row is None else self._decode(*row)
+        if ref is not None:
             self._refs[node.ino] = ref
         return ref
 
     def _decode(
         self, size: int, kind: int, a: str | None, b: str | None, c: str | None, d: str | None, n: int | None
-    ) -> object | None:
+    ) -> Ref | None:
         if kind == K_MEMBER:
             assert a is not None and b is not None and c is not None and d is not None and n is not None
             return MemberRef(a, b, c, n, size, d)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 from vfs.catalog.catalog import CatalogData
 from vfs.datasets import REGISTRY
-from vfs.refs import UpstreamDirRef, UpstreamRef, VirtualRef
+from vfs.refs import FileRef, Ref, UpstreamDirRef, UpstreamRef, VirtualRef
 from vfs.tree.namespace import Namespace, NamespaceBuilder, PathConflict
 
 if TYPE_CHECKING:
@@ -40,14 +40,14 @@ def build_view(
     views: tuple[str, ...] = ("merged", "repo"),
     extra_files: dict[str, VirtualRef] | None = None,
     availability: Availability,
-    entries: dict[str, tuple[int, object]] | None = None,
+    entries: dict[str, tuple[int, FileRef]] | None = None,
 ) -> Namespace:
     """The namespace of one mount. ``extra_files`` (in-memory) and ``entries`` (``(size, ref)``) are
     ``.vfs/`` files by their name below ``.vfs/``."""
     builder = NamespaceBuilder()
     conflicts = 0
 
-    def add(path: str, size: int, ref: object) -> None:
+    def add(path: str, size: int, ref: FileRef) -> None:
         nonlocal conflicts
         if path == VFS_DIR or path.startswith(VFS_DIR + "/"):
             conflicts += 1
@@ -113,7 +113,7 @@ def build_view(
     return builder.build()
 
 
-def upstream_dir_ref(children: list[object | None]) -> UpstreamDirRef | None:
+def upstream_dir_ref(children: list[Ref | None]) -> UpstreamDirRef | None:
     """The real counterpart of a directory whose every entry comes from one upstream root: the one real
     directory that holds its entries, else that root; None for anything else (a Hub or mixed directory,
     or an empty one), which shows the ``[mount]`` owner and ``dir_mode``."""
