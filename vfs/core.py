@@ -66,6 +66,7 @@ class FsCore:
         self.sources = sources
         self.ownership = ownership or HubOwnership(os.getuid(), os.getgid(), 0o444, 0o555)
         self.check_callers = check_callers
+        self._hub_owners = (self.ownership.of(True), self.ownership.of(False))  # shared by every entry
         self.stats = CoreStats()
         self._on_miss = on_miss
         self._handles: dict[int, Handle] = {}
@@ -101,10 +102,18 @@ class FsCore:
         """Entries from offset ``start``; each with the offset of the next one (stable sorted order)."""
         return self.ns.entries(self.node(ino), start)
 
+    def setting_owner(self, node: Node) -> Owner | None:
+        """The owner a node shows without looking at the disk (the ``[mount]`` setting), or None for an
+        upstream entry, whose owner ``owners`` must stat."""
+        if isinstance(node.ref, UpstreamRef | UpstreamDirRef):
+            return None
+        return self._hub_owners[0] if node.is_dir else self._hub_owners[1]
+
     async def owners(self, nodes: Sequence[Node]) -> list[Owner]:
         """What each node shows as owner, group and mode. Upstream entries are stat'ed at their real path,
         all of them in one worker-thread call; the rest cost nothing."""
-        owners = [self.ownership.of(node.is_dir) for node in nodes]
+        hub_dir, hub_file = self._hub_owners
+        owners = [hub_dir if node.is_dir else hub_file for node in nodes]
         real = [
             (i, ref.real_path)
             for i, node in enumerate(nodes)

@@ -37,7 +37,7 @@ from vfs.tree.namespace import Node
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-READDIR_BATCH = 128  # entries whose owners are looked up together (about what one readdirplus reply holds)
+READDIR_BATCH = 32  # upstream entries stat'ed together: about what one readdirplus reply of 4 KiB holds
 
 
 def _boundary(fn: F) -> F:
@@ -155,13 +155,20 @@ class Operations(pyfuse3.Operations):
 
     @_boundary
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        # In batches, so an upstream directory's entries are stat'ed together in one worker-thread call;
-        # the entries of a batch that no longer fit the kernel's buffer come again in its next readdir.
+        # One entry at a time until the kernel's buffer is full, as the entries are produced; an upstream
+        # entry and the ones after it are stat'ed together, in one worker-thread call (the entries of that
+        # batch that no longer fit come again in the kernel's next readdir).
         entries = self.core.readdir(fh, start_id)
-        while batch := list(itertools.islice(entries, READDIR_BATCH)):
-            owners = await self.core.owners([node for _, node, _ in batch])
-            for (name, node, next_id), owner in zip(batch, owners, strict=True):
+        for name, node, next_id in entries:
+            owner = self.core.setting_owner(node)
+            if owner is not None:
                 if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr(node, owner), next_id):
+                    return
+                continue
+            batch = [(name, node, next_id), *itertools.islice(entries, READDIR_BATCH - 1)]
+            owners = await self.core.owners([entry for _, entry, _ in batch])
+            for (name_, node_, next_), owner_ in zip(batch, owners, strict=True):
+                if not pyfuse3.readdir_reply(token, os.fsencode(name_), self._attr(node_, owner_), next_):
                     return
 
     async def releasedir(self, fh: int) -> None:

@@ -23,9 +23,6 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
 from vfs.errors import ConfigError
 from vfs.sources.timings import LATENCY_BUCKETS_S
 
@@ -69,6 +66,8 @@ class VfsCollector:
         return []
 
     def collect(self) -> Iterator[Any]:
+        # lazy: only a mount with [metrics] port loads prometheus_client (start-up time)
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
             return CounterMetricFamily(PREFIX + name, doc, value=value)
@@ -186,6 +185,8 @@ class VfsCollector:
             yield from self._coverage_families(self._coverage())
 
     def _coverage_families(self, report: dict[str, Any]) -> Iterator[Any]:
+        # lazy: only a mount with [metrics] port loads prometheus_client (start-up time)
+        from prometheus_client.core import GaugeMetricFamily
 
         total = report.get("total") or {}
         for state in ("wanted", "available", "missing"):
@@ -212,6 +213,8 @@ class VfsCollector:
 
 
 def registry_for(collector: VfsCollector) -> CollectorRegistry:
+    # lazy: only a mount with [metrics] port loads prometheus_client (start-up time)
+    from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)  # type: ignore[arg-type]
@@ -220,6 +223,8 @@ def registry_for(collector: VfsCollector) -> CollectorRegistry:
 
 def render(collector: VfsCollector) -> str:
     """The text exposition of one scrape (tests, debugging)."""
+    # lazy: only a mount with [metrics] port loads prometheus_client (start-up time)
+    from prometheus_client import generate_latest
 
     return generate_latest(registry_for(collector)).decode()
 
@@ -235,6 +240,8 @@ class MetricsServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> MetricsServer:
+        # lazy: only a mount with [metrics] port loads prometheus_client (start-up time)
+        from prometheus_client import start_http_server
 
         try:
             self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self._registry)

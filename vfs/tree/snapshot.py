@@ -56,6 +56,11 @@ KEEP_SNAPSHOTS = 4  # per repo: the newest few, so switching between two configs
 
 # ``nodes.kind``: a directory, or the kind of ref a file has
 K_DIR, K_MEMBER, K_HUB, K_UPSTREAM, K_LOCAL, K_VIRTUAL = range(6)
+# The columns of an upstream row that a node carries from the start (owner and mode come from its real
+# path); NULL for every other row, so a listing of shard members builds no strings it would throw away.
+_UPSTREAM_COLUMNS = ", ".join(
+    f"CASE WHEN kind IN ({K_DIR}, {K_UPSTREAM}) THEN {column} END" for column in ("a", "b", "c")
+)
 
 # Bounds of what a mount keeps in memory: nodes and refs of recently used inodes, and the sorted listings
 # of recently listed directories (by entries: one 100K-entry directory fits).
@@ -386,7 +391,7 @@ class SnapshotNamespace:
         if node is not None:
             return node
         row = self._con.execute(
-            "SELECT parent, name, size, kind, a, b, c FROM nodes WHERE ino = ?", (ino,)
+            f"SELECT parent, name, size, kind, {_UPSTREAM_COLUMNS} FROM nodes WHERE ino = ?", (ino,)
         ).fetchone()
         if row is None:
             return None
@@ -415,7 +420,8 @@ class SnapshotNamespace:
         if not _storable(name):
             return None
         row = self._con.execute(
-            "SELECT ino, size, kind, a, b, c FROM nodes WHERE parent = ? AND name = ?", (parent.ino, name)
+            f"SELECT ino, size, kind, {_UPSTREAM_COLUMNS} FROM nodes WHERE parent = ? AND name = ?",
+            (parent.ino, name),
         ).fetchone()
         if row is None:
             return None
@@ -426,7 +432,7 @@ class SnapshotNamespace:
         listing = self._listings.get(ino)
         if listing is None:
             rows = self._con.execute(
-                "SELECT name, ino, size, kind, a, b, c FROM nodes WHERE parent = ? AND ino != ?"
+                f"SELECT name, ino, size, kind, {_UPSTREAM_COLUMNS} FROM nodes WHERE parent = ? AND ino != ?"
                 " ORDER BY name",
                 (ino, ROOT_INO),
             ).fetchall()
