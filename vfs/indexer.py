@@ -36,7 +36,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from vfs.cache.shared import IndexShare
+from vfs.cache.index_share import IndexShare
 from vfs.catalog.annotations import AnnotationError, annotation_kind, iter_video_records, video_directory
 from vfs.catalog.catalog import CatalogData, CatalogDir, ShardInfo, WantedRow
 from vfs.config import Config

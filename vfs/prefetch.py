@@ -44,8 +44,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from vfs.cache.shared import SharedTier, open_shared_cache
+from vfs.cache.shared import open_shared_cache
 from vfs.cache.store import CacheLocked, CacheStore, entry_file
+from vfs.cache.tier import SharedTier
 from vfs.catalog.catalog import CatalogData, CatalogDir, load_catalog_offline
 from vfs.catalog.share import restore_from_share
 from vfs.config import Config

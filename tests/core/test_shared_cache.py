@@ -16,14 +16,10 @@ import trio
 
 from tests.conftest import REPO_ID
 from tests.mounting import Mount, cli, write_config
-from vfs.cache.shared import (
-    TRAILER_BYTES,
-    IndexShare,
-    SharedCache,
-    SharedTier,
-    iter_shared_files,
-)
+from vfs.cache.index_share import IndexShare
+from vfs.cache.shared import SharedCache
 from vfs.cache.store import CacheStore
+from vfs.cache.tier import TRAILER_BYTES, SharedTier, iter_shared_files
 from vfs.catalog.catalog import CatalogDir
 from vfs.catalog.share import restore_catalog
 from vfs.refs import MemberRef

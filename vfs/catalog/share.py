@@ -13,7 +13,8 @@ from pathlib import Path
 
 import trio
 
-from vfs.cache.shared import START_TIMEOUT_S, SharedTier
+from vfs.cache.shared import START_TIMEOUT_S
+from vfs.cache.tier import SharedTier
 from vfs.catalog.catalog import SCHEMA_VERSION, CatalogDir
 from vfs.config import Config
 from vfs.errors import IntegrityError
