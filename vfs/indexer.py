@@ -45,7 +45,8 @@ from vfs.errors import ConfigError, FetchError, IntegrityError, VfsError, except
 from vfs.hub.client import HubClient, RepoFile
 from vfs.layout import CacheLayout, index_path
 from vfs.refs import HubFileRef, MemberRef
-from vfs.targz.shard_index import CorruptShard, ShardIndex, build_shard_index
+from vfs.targz.build import build_shard_index
+from vfs.targz.shard_index import CorruptShard, ShardIndex
 from vfs.tree.snapshot import index_artifacts
 
 if TYPE_CHECKING:

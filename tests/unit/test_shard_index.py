@@ -36,16 +36,9 @@ from hypothesis import strategies as st
 from vfs.demo.dataset import make_mp4
 from vfs.errors import IntegrityError
 from vfs.targz import zran
-from vfs.targz.shard_index import (
-    MAGIC,
-    CorruptIndex,
-    CorruptShard,
-    MemberExtractor,
-    ShardIndex,
-    build_shard_index,
-    extract_member,
-    normalize_member_path,
-)
+from vfs.targz.build import build_shard_index
+from vfs.targz.extract import MemberExtractor, extract_member
+from vfs.targz.shard_index import MAGIC, CorruptIndex, CorruptShard, ShardIndex, normalize_member_path
 
 MiB = 1024 * 1024
 MAX_FETCH_RATIO = 1.10  # bytes downloaded per member byte, for incompressible members >= 1 MB

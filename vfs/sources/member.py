@@ -21,7 +21,8 @@ import trio
 
 from vfs.errors import FetchError, IntegrityError, typed_error
 from vfs.refs import MemberRef
-from vfs.targz.shard_index import Member, MemberExtractor, ShardIndex
+from vfs.targz.extract import MemberExtractor
+from vfs.targz.shard_index import Member, ShardIndex
 
 if TYPE_CHECKING:
     from vfs.hub.client import HubClient
