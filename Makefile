@@ -1,6 +1,6 @@
 # `make test` and `make demo` install what they need on a fresh Debian machine (as root): the FUSE
-# packages, a virtualenv in .venv, and the exact, hashed set of packages in requirements/*.lock.
-# `make lock` refreshes those locks to current releases (see requirements/README.md).
+# packages, a virtualenv in .venv, and the exact, hashed set of packages in requirements/*.lock.txt.
+# `make lock` refreshes those locks to current releases (README, "Development").
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -25,14 +25,14 @@ deps: $(STAMP)
 # new release anywhere can change a fresh install. pyfuse3 ships only an sdist: it is built with
 # --no-build-isolation against the pinned build tools instead of whatever an isolated build would fetch.
 # The venv is made anew when a lock changes, so nothing stale survives an update.
-$(STAMP): pyproject.toml $(LOCKS)/build.lock $(LOCKS)/test.lock
+$(STAMP): pyproject.toml $(LOCKS)/build.lock.txt $(LOCKS)/test.lock.txt
 	@if [ "$$(dpkg-query -W -f='$${Status}\n' $(APT_PKGS) 2>/dev/null | grep -c 'install ok installed')" -lt $(words $(APT_PKGS)) ]; then \
 	  echo "installing $(APT_PKGS)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS); \
 	fi
 	$(PYTHON) -m venv --clear $(VENV)
-	$(PIP) install -q --require-hashes --no-deps -r $(LOCKS)/build.lock
-	$(PIP) install -q --require-hashes --no-deps --no-build-isolation -r $(LOCKS)/test.lock
+	$(PIP) install -q --require-hashes --no-deps -r $(LOCKS)/build.lock.txt
+	$(PIP) install -q --require-hashes --no-deps --no-build-isolation -r $(LOCKS)/test.lock.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -53,11 +53,11 @@ demo: deps
 
 # `make bench` also installs the peers it measures against (rclone from Debian; ratarmount, matplotlib
 # from the bench lock, which holds the test lock's versions and more).
-$(BENCH_STAMP): $(LOCKS)/bench.lock $(STAMP)
+$(BENCH_STAMP): $(LOCKS)/bench.lock.txt $(STAMP)
 	@if ! command -v rclone >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone; \
 	fi
-	$(PIP) install -q --require-hashes --no-deps --no-build-isolation -r $(LOCKS)/bench.lock
+	$(PIP) install -q --require-hashes --no-deps --no-build-isolation -r $(LOCKS)/bench.lock.txt
 	touch $(BENCH_STAMP)
 
 bench: deps $(BENCH_STAMP)
@@ -69,10 +69,10 @@ lock:
 	$(PYTHON) -m venv $(UV_VENV)
 	$(UV_VENV)/bin/python -m pip install -q uv==$(UV_VERSION)
 	$(UV_VENV)/bin/uv pip compile pyproject.toml $(LOCKS)/build.in --extra test --extra bench \
-	  $(LOCK_FLAGS) --upgrade -o $(LOCKS)/bench.lock
+	  $(LOCK_FLAGS) --upgrade -o $(LOCKS)/bench.lock.txt
 	$(UV_VENV)/bin/uv pip compile pyproject.toml $(LOCKS)/build.in --extra test \
-	  -c $(LOCKS)/bench.lock $(LOCK_FLAGS) -o $(LOCKS)/test.lock
-	$(UV_VENV)/bin/uv pip compile $(LOCKS)/build.in -c $(LOCKS)/bench.lock $(LOCK_FLAGS) -o $(LOCKS)/build.lock
+	  -c $(LOCKS)/bench.lock.txt $(LOCK_FLAGS) -o $(LOCKS)/test.lock.txt
+	$(UV_VENV)/bin/uv pip compile $(LOCKS)/build.in -c $(LOCKS)/bench.lock.txt $(LOCK_FLAGS) -o $(LOCKS)/build.lock.txt
 
 clean:
 	rm -rf $(VENV) $(UV_VENV) build *.egg-info
