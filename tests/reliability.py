@@ -28,11 +28,8 @@ from vfs.core import FsCore
 from vfs.daemon import build_core, build_sources
 from vfs.hub.client import HubClient
 from vfs.layout import CacheLayout
-from vfs.refs import VirtualRef
 from vfs.sources.opener import Sources
-from vfs.tree.snapshot import build_namespace
-
-NO_STATS = VirtualRef(lambda: b"{}\n", dynamic=True)  # .vfs/stats.json of a core without a daemon
+from vfs.tree.snapshot import NO_STATS, build_namespace
 
 # Short budgets so a persistent fault ends in EIO within seconds (the defaults are 8 retries / 120 s).
 RETRY_DEADLINE_S = 2.0

@@ -62,6 +62,10 @@ def real_owner(real_path: str) -> Owner:
     except OSError as exc:
         log.debug("stat %s: %s; shown as unreadable", real_path, exc.strerror)
         return UNREADABLE
+    return owner_of(st)
+
+
+def owner_of(st: os.stat_result) -> Owner:
     return Owner(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
 
 
@@ -93,9 +97,10 @@ def permits(owner: Owner, uid: int, groups: frozenset[int], want: int) -> bool:
     return bits & want == want
 
 
-def check_real_chain(real_path: str, root: str, caller: Caller) -> None:
+def check_real_chain(real_path: str, root: str, caller: Caller, file_owner: Owner) -> None:
     """Blocking: raise ``PermissionDenied`` unless ``caller`` could open ``real_path`` for reading directly:
-    search permission on every directory from ``root`` down to the file's own, read permission on the file.
+    search permission on every directory from ``root`` down to the file's own, read permission on the file
+    (whose ``file_owner`` the caller has: the fstat of the fd it opened, so the file checked is that one).
 
     Root passes, as it does past the kernel's own check. The directories above ``root`` are not checked:
     the configured root is where the dataset's access rules start."""
@@ -110,7 +115,7 @@ def check_real_chain(real_path: str, root: str, caller: Caller) -> None:
     for directory in chain:
         if not permits(_owner_or_deny(directory), caller.uid, groups, X_OK):
             raise PermissionDenied(f"uid {caller.uid} may not search {directory}")
-    if not permits(_owner_or_deny(real_path), caller.uid, groups, R_OK):
+    if not permits(file_owner, caller.uid, groups, R_OK):
         raise PermissionDenied(f"uid {caller.uid} may not read {real_path}")
 
 

@@ -16,6 +16,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import trio
 
@@ -112,8 +113,7 @@ class FsCore:
     async def owners(self, nodes: Sequence[Node]) -> list[Owner]:
         """What each node shows as owner, group and mode. Upstream entries are stat'ed at their real path,
         all of them in one worker-thread call; the rest cost nothing."""
-        hub_dir, hub_file = self._hub_owners
-        owners = [hub_dir if node.is_dir else hub_file for node in nodes]
+        owners = [self.setting_owner(node) for node in nodes]
         real = [
             (i, ref.real_path)
             for i, node in enumerate(nodes)
@@ -127,7 +127,7 @@ class FsCore:
             found = await trio.to_thread.run_sync(stat_all, limiter=self.sources.disk_limiter)
             for (i, _), owner in zip(real, found, strict=True):
                 owners[i] = owner
-        return owners
+        return cast(list[Owner], owners)  # every None was an upstream entry, now stat'ed
 
     # -- data ---------------------------------------------------------------------------------------
     async def open(self, ino: int, flags: int, caller: Caller | None = None) -> tuple[int, Handle]:

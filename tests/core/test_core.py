@@ -14,7 +14,6 @@ import trio
 
 from tests.conftest import REPO_ID
 from tests.mounting import write_config
-from tests.reliability import NO_STATS
 from vfs.cache.store import CacheStore
 from vfs.catalog.catalog import CatalogDir
 from vfs.config import load_config
@@ -23,7 +22,7 @@ from vfs.errors import ReadOnly, VfsError
 from vfs.hub.client import HubClient
 from vfs.indexer import build_catalog
 from vfs.layout import CacheLayout
-from vfs.tree.snapshot import build_namespace
+from vfs.tree.snapshot import NO_STATS, build_namespace
 
 
 async def _index(tmp_path: Path, hub, **kw):

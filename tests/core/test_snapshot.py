@@ -30,6 +30,7 @@ from vfs.layout import CacheLayout
 from vfs.refs import UpstreamDirRef, UpstreamRef, VirtualRef
 from vfs.tree.namespace import ROOT_INO, Namespace, NamespaceView, Node
 from vfs.tree.snapshot import (
+    NO_STATS,
     Snapshot,
     build_snapshot,
     open_snapshot,
@@ -37,8 +38,6 @@ from vfs.tree.snapshot import (
 )
 
 pytestmark = pytest.mark.allow_log(r"skipped video", r"records skipped")
-
-STATS = VirtualRef(lambda: b"{}\n", dynamic=True)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +66,7 @@ def backdate(root: Path) -> None:
 
 def build(cfg: Config) -> tuple[Namespace, object, Snapshot]:
     layout = CacheLayout(cfg.cache.dir)
-    ns, plan, path = build_snapshot(cfg, layout, load_catalog_offline(cfg), stats=STATS)
+    ns, plan, path = build_snapshot(cfg, layout, load_catalog_offline(cfg), stats=NO_STATS)
     assert path is not None
     return ns, plan, Snapshot(path, cfg)
 
@@ -104,7 +103,7 @@ def test_the_snapshot_is_the_tree_it_was_built_from(indexed, demo, tmp_path, var
         {
             "revision": VirtualRef(lambda: (snap.commit + "\n").encode()),
             "coverage.json": next(n.ref for n in ns.nodes() if n.name == "coverage.json"),  # type: ignore[misc]
-            "stats.json": STATS,
+            "stats.json": NO_STATS,
         }
     )
     assert (len(lazy), lazy.file_count, lazy.total_bytes) == (len(ns), ns.file_count, ns.total_bytes)
@@ -223,15 +222,14 @@ def test_a_snapshot_goes_stale_when_a_refused_directory_can_be_listed(indexed, d
     assert cfg.source is not None
     script = (
         "import logging, sys\n"
-        "from tests.core.test_snapshot import STATS\n"
         "from vfs.config import load_config\n"
         "from vfs.catalog.catalog import load_catalog_offline\n"
         "from vfs.layout import CacheLayout\n"
-        "from vfs.tree.snapshot import build_snapshot, open_snapshot\n"
+        "from vfs.tree.snapshot import NO_STATS, build_snapshot, open_snapshot\n"
         "logging.disable(logging.WARNING)\n"
         "cfg = load_config(sys.argv[1])\n"
         "layout = CacheLayout(cfg.cache.dir)\n"
-        "_, plan, path = build_snapshot(cfg, layout, load_catalog_offline(cfg), stats=STATS)\n"
+        "_, plan, path = build_snapshot(cfg, layout, load_catalog_offline(cfg), stats=NO_STATS)\n"
         "assert plan.availability.resolution.denied_dirs, 'the build was not refused'\n"
         "print(path, open_snapshot(path, cfg) is not None)\n"
     )

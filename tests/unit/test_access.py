@@ -69,16 +69,18 @@ def test_the_real_chain_is_checked_from_the_root_down(tmp_path: Path) -> None:
         Caller(4000, 1, GONE_PID),
     )
     with pytest.raises(PermissionDenied, match=r"may not search .*v2$"):
-        check_real_chain(str(clip), str(root), outsider)
-    check_real_chain(str(clip), str(root), licensee)
-    check_real_chain(str(clip), str(root), owner)
-    check_real_chain(str(clip), str(root), Caller(0, 0, GONE_PID))  # root passes, as in the kernel
+        check_real_chain(str(clip), str(root), outsider, real_owner(str(clip)))
+    check_real_chain(str(clip), str(root), licensee, real_owner(str(clip)))
+    check_real_chain(str(clip), str(root), owner, real_owner(str(clip)))
+    check_real_chain(
+        str(clip), str(root), Caller(0, 0, GONE_PID), real_owner(str(clip))
+    )  # root passes, as in the kernel
     clip.chmod(0o600)
     with pytest.raises(PermissionDenied, match=r"may not read .*a\.mp4$"):
-        check_real_chain(str(clip), str(root), licensee)
+        check_real_chain(str(clip), str(root), licensee, real_owner(str(clip)))
     root.chmod(0o700)  # the root itself counts
     with pytest.raises(PermissionDenied, match=r"may not search .*root$"):
-        check_real_chain(str(clip), str(root), Caller(5000, 4242, GONE_PID))
+        check_real_chain(str(clip), str(root), Caller(5000, 4242, GONE_PID), real_owner(str(clip)))
     assert real_owner(str(tmp_path / "missing")) is UNREADABLE
     assert real_owner(str(clip)) == Owner(4000, 4242, 0o600)
 

@@ -4,7 +4,6 @@ catalog ``index`` wrote."""
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from typing import IO, TYPE_CHECKING
 
@@ -24,7 +23,6 @@ from vfs.tree.reports import (
 if TYPE_CHECKING:
     pass
 
-log = logging.getLogger(__name__)
 
 __all__ = [
     "run_coverage",

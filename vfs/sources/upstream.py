@@ -37,7 +37,7 @@ from typing import ClassVar
 
 import trio
 
-from vfs.access import Caller, check_real_chain
+from vfs.access import Caller, check_real_chain, owner_of
 from vfs.config import UpstreamConfig
 from vfs.datasets import REGISTRY, DatasetInfo, Extras, under
 from vfs.errors import NotFound, RemoteChanged, VfsError
@@ -518,7 +518,7 @@ def open_checked(real_path: str, root_real: str, size: int, caller: Caller | Non
                 f"{real_path} changed size since start-up ({size} -> {st.st_size} bytes); restart the mount"
             )
         if caller is not None and root_real:
-            check_real_chain(real_path, root_real, caller)
+            check_real_chain(real_path, root_real, caller, owner_of(st))
     except BaseException:
         os.close(fd)
         raise

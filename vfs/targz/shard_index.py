@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import struct
 import uuid
@@ -73,8 +72,6 @@ from typing import NamedTuple
 from vfs.durable import publish
 from vfs.errors import IntegrityError
 from vfs.targz import zran
-
-logger = logging.getLogger(__name__)
 
 MAGIC = b"VFSSHIDX"
 FORMAT_VERSION = 1

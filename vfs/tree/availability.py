@@ -18,7 +18,6 @@ missing``. Nothing here contacts the Hub; resolving upstream roots blocks (worke
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,7 +46,6 @@ from vfs.sources.upstream import Resolution, UpstreamDir, Upstreams
 if TYPE_CHECKING:
     pass
 
-log = logging.getLogger(__name__)
 
 __all__ = [
     "Availability",

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 SNAPSHOT_FORMAT = "snapshot-v2"  # v2: directories keep their upstream counterpart
 RACY_WINDOW_S = 2.0
 STATS_FILE = "stats.json"  # the one dynamic .vfs/ file, bound by the daemon
+# What that file says in a tree built without a daemon (``index``, the tests' cores).
+NO_STATS = VirtualRef(lambda: b"{}\n", dynamic=True)
 KEEP_SNAPSHOTS = 4  # per repo: the newest few, so switching between two configs does not rebuild each time
 
 # ``nodes.kind``: a directory, or the kind of ref a file has
@@ -584,7 +586,7 @@ def build_snapshot(
 def index_artifacts(config: Config, layout: CacheLayout, catalog: CatalogData) -> bool:
     """Blocking, for ``llava-vfs index``: build the filtered annotations and the mount snapshot for this
     config, so the first mount after an index starts fast. True when the snapshot was written."""
-    _, plan, path = build_snapshot(config, layout, catalog, stats=VirtualRef(lambda: b"{}\n", dynamic=True))
+    _, plan, path = build_snapshot(config, layout, catalog, stats=NO_STATS)
     prune_available(
         layout, {str(ref.path) for _, ref in plan.entries.values() if isinstance(ref, LocalFileRef)}
     )

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, cast
 from vfs.catalog.catalog import CatalogData
 from vfs.datasets import REGISTRY
 from vfs.refs import FileRef, Ref, UpstreamDirRef, UpstreamRef, VirtualRef
+from vfs.sources.upstream import inside
 from vfs.tree.namespace import Namespace, NamespaceBuilder, PathConflict
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def upstream_dir_ref(children: list[Ref | None]) -> UpstreamDirRef | None:
         return None
     holders = {posixpath.dirname(ref.real_path) for ref in refs}
     real = holders.pop() if len(holders) == 1 else first.root
-    if first.root and not (real == first.root or real.startswith(first.root.rstrip("/") + "/")):
+    if first.root and not inside(real, first.root):
         real = first.root  # never a directory above the root: its chain is not the dataset's to show
     return UpstreamDirRef(first.dataset, real, first.root)
 

@@ -3,10 +3,7 @@ it saw. The firing rules are in the package docstring (``vfs.hub.emulator``)."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-
-logger = logging.getLogger(__package__)  # one log for the whole emulator: "vfs.hub.emulator"
 
 FAULT_KINDS = frozenset(
     {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from pathlib import Path
@@ -10,8 +9,6 @@ from types import FrameType
 
 from vfs.errors import ConfigError
 from vfs.hub.emulator.app import HubEmulator
-
-logger = logging.getLogger(__package__)  # one log for the whole emulator: "vfs.hub.emulator"
 
 
 def serve_forever(
