@@ -234,7 +234,7 @@ def build_sources(
         block_size=config.cache.block_size_bytes,
         nursery=nursery,
         client=client,
-        shared=shared,
+        lower_tiers=() if shared is None else (shared,),
         # one blocking pread per reader whose bytes are not in memory: as many as dataloaders read
         disk_threads=DISK_THREADS,
     )
@@ -378,8 +378,7 @@ async def serve(config: Config, mountpoint: Path, *, max_tasks: int = MAX_FUSE_T
             finally:
                 sd_notify("STOPPING=1")
                 pyfuse3.close(unmount=True)
-                if sources.shared is not None:
-                    await sources.shared.drain()  # shielded, bounded: let queued publishes finish
+                await sources.tiers.drain()  # shielded, bounded: let queued publishes finish
                 nursery.cancel_scope.cancel()
         log.info("unmounted %s", mountpoint)
 
@@ -470,8 +469,8 @@ def live_stats(core: FsCore, cache: CacheStore, client: HubClient | None) -> dic
     }
     if client is not None:
         out["hub"] = vars(client.stats)
-    if core.sources.shared is not None:
-        out["shared"] = {**vars(core.sources.shared.stats), "pending": core.sources.shared.pending_publishes}
+    for tier in core.sources.tiers.lower:
+        out[tier.name] = {**vars(tier.stats), "pending": tier.pending_publishes}
     out["cache_dir"] = str(cache.root)  # lets `prefetch` find the running mount that owns a cache
     return out
 

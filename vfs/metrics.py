@@ -126,7 +126,7 @@ class VfsCollector:
                 "Fetches (members, blocks, indexes) in progress",
                 self._sources.fetches_in_flight,
             )
-            shared = self._sources.shared
+            shared = self._sources.tiers.tier("shared")
             yield gauge(
                 "shared_configured", "1 when a shared cache tier is configured", int(shared is not None)
             )

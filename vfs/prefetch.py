@@ -334,9 +334,9 @@ async def _prefetch_direct(
                     shared=await open_shared_cache(config, nursery),
                 )
                 await _fetch_all(sources, todo, report, jobs=jobs, progress=progress)
-                if sources.shared is not None:
-                    await sources.shared.drain(timeout_s=600.0)
-                    report.shared_hits = sources.shared.stats.hits
+                await sources.tiers.drain(timeout_s=600.0)
+                shared = sources.tiers.tier("shared")
+                report.shared_hits = shared.stats.hits if shared is not None else 0
                 nursery.cancel_scope.cancel()
     finally:
         if client is not None:

@@ -17,12 +17,13 @@ import trio
 from tests.conftest import REPO_ID
 from tests.mounting import Mount, cli, write_config
 from vfs.cache.index_share import IndexShare
+from vfs.cache.levels import MultilevelCache
 from vfs.cache.shared import SharedCache
 from vfs.cache.store import CacheStore
 from vfs.cache.tier import TRAILER_BYTES, SharedTier, iter_shared_files
 from vfs.catalog.catalog import CatalogDir
 from vfs.catalog.share import restore_catalog
-from vfs.refs import MemberRef
+from vfs.refs import HubFileRef, MemberRef
 
 KiB = 1 << 10
 
@@ -224,6 +225,40 @@ def test_stale_temp_files_are_swept_and_keys_stay_inside_the_share(tmp_path: Pat
     assert tier.entry_path(key).parent.stat().st_mode & 0o777 == 0o755
 
 
+async def test_a_hit_in_a_far_tier_backfills_the_local_store_and_the_nearer_tiers(tmp_path: Path) -> None:
+    near_tier, far_tier = SharedTier(tmp_path / "near"), SharedTier(tmp_path / "far")
+    assert near_tier.prepare() and far_tier.prepare()
+    key, data, sha = member(3)
+    shard, offset = key.split("/")[1], int(key.split("/")[2])
+    ref = MemberRef("d/x.tar.gz", shard, "v.mp4", offset, len(data), sha)
+    block = hashlib.shake_256(b"a small annotation file").digest(3000)
+    hub_file = HubFileRef("a.json", len(block), "0" * 40, hashlib.sha256(block).hexdigest())
+    with CacheStore(tmp_path / "seed", max_size_bytes=10 << 20) as seed:
+        publish_local(seed, key, data, sha)
+        assert far_tier.publish_from_cache(seed, key, len(data), sha)
+    assert far_tier.publish_bytes(hub_file.block_key(4096, 0), block)
+    far_publishes = far_tier.stats.publishes
+    with CacheStore(tmp_path / "local", max_size_bytes=10 << 20) as local:
+        async with trio.open_nursery() as nursery:
+            near, far = SharedCache(near_tier, nursery), SharedCache(far_tier, nursery)
+            far.name = "far"
+            tiers = MultilevelCache(local, [near, far], disk_limiter=trio.CapacityLimiter(2))
+            assert tiers.tier("far") is far and tiers.tier("elsewhere") is None
+
+            assert await tiers.member_fd(ref) is None
+            assert await tiers.member_below(ref) == "far"
+            assert read_local(local, key, len(data), sha) == data
+            assert await tiers.block(hub_file, 4096, 0) is None
+            assert await tiers.block_below(hub_file, 4096, 0) == (block, "far")
+            assert await tiers.block(hub_file, 4096, 0) == block  # backfilled into the local store
+
+            assert await tiers.drain() == 0
+            assert near_tier.has_entry(key, len(data))
+            assert near_tier.read_entry(hub_file.block_key(4096, 0), len(block)) == block
+            assert near_tier.stats.publishes == 2 and far_tier.stats.publishes == far_publishes
+            nursery.cancel_scope.cancel()
+
+
 @pytest.mark.allow_log(r"shared cache .*: read failed", r"shared cache file .* is unusable")
 async def test_a_hung_share_times_out_and_the_reader_goes_on(tmp_path: Path) -> None:
     tier = SharedTier(tmp_path / "share")
@@ -239,10 +274,10 @@ async def test_a_hung_share_times_out_and_the_reader_goes_on(tmp_path: Path) -> 
         async with trio.open_nursery() as nursery:
             shared = SharedCache(tier, nursery, open_timeout_s=0.3)
             started = trio.current_time()
-            assert not await shared.member_into_cache(cache, ref)
+            assert not await shared.get_member(ref, into=cache)
             assert trio.current_time() - started < 2.0
             assert not tier.readable()  # the next reads skip the share at once
-            assert not await shared.member_into_cache(cache, ref)
+            assert not await shared.get_member(ref, into=cache)
             assert tier.stats.errors == 1
     finally:
         # release the abandoned thread (it then sees an empty file and reports it) and let it finish here,
@@ -362,6 +397,6 @@ async def test_a_surprise_on_the_share_never_escapes_into_the_daemon(tmp_path: P
     with CacheStore(tmp_path / "local", max_size_bytes=10 << 20) as cache:
         async with trio.open_nursery() as nursery:  # the daemon's nursery: it must survive
             shared = SharedCache(tier, nursery)
-            shared.publish_member_soon(cache, ref)
+            shared.put_member_soon(ref, cache)
             assert await shared.drain(timeout_s=5) == 0
-            assert not await shared.member_into_cache(cache, ref)  # a miss: the Hub serves it
+            assert not await shared.get_member(ref, into=cache)  # a miss: the Hub serves it

@@ -11,11 +11,6 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from vfs.errors import IntegrityError
-from vfs.hub.client import RepoFile, is_commit_sha
-
-if TYPE_CHECKING:
-    from vfs.config import Config
 from vfs.cache.shared import open_tier
 from vfs.cache.tier import (
     SharedTier,
@@ -24,8 +19,12 @@ from vfs.cache.tier import (
     listing_to_json,
     verify_content_id,
     verify_shard_index,
-    write_all,
 )
+from vfs.errors import IntegrityError
+from vfs.hub.client import RepoFile, is_commit_sha
+
+if TYPE_CHECKING:
+    from vfs.config import Config
 
 log = logging.getLogger("vfs.cache.shared")
 
@@ -74,10 +73,11 @@ class IndexShare:
             try:
                 return listing_from_json(data, self.repo, commit)
             except IntegrityError as exc:
-                tier._corrupt(path, str(exc))
+                tier.report_corrupt(path, str(exc))
         files = await list_files()
         payload = listing_to_json(self.repo, commit, files)
-        await trio.to_thread.run_sync(lambda: _publish_payload(tier, path, payload))  # replaces a bad one
+        # replaces a bad one
+        await trio.to_thread.run_sync(lambda: tier.publish_payload(path, payload, replace=True))
         return files
 
     async def annotation(self, f: RepoFile, dest: Path, download: Callable[[], Awaitable[None]]) -> None:
@@ -125,7 +125,3 @@ class IndexShare:
                 log.info("shared cache: %s pinned to %s for the cluster", revision, commit)
 
         await trio.to_thread.run_sync(publish)
-
-
-def _publish_payload(tier: SharedTier, dest: Path, payload: bytes) -> bool:
-    return tier._publish(dest, len(payload), lambda fd: write_all(fd, payload), replace=True)

@@ -11,19 +11,20 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from vfs.cache.tier import SharedStats, SharedTier, verify_shard_index
 from vfs.errors import FetchError, IntegrityError
 
 if TYPE_CHECKING:
     from vfs.cache.store import CacheStore
     from vfs.config import Config
     from vfs.refs import HubFileRef, MemberRef
-from vfs.cache.tier import SharedStats, SharedTier, verify_shard_index
 
 log = logging.getLogger("vfs.cache.shared")
 
 
 class SharedCache:
-    """Bounded, time-limited calls into a ``SharedTier`` from trio, and background publishes.
+    """Bounded, time-limited calls into a ``SharedTier`` from trio, and background publishes: the shared
+    tier as a ``vfs.cache.levels.DataCache``.
 
     Reads run in worker threads behind their own limiter, each within a deadline (``open_timeout_s`` plus
     the size at ``min_rate_bytes_per_s``); a call that misses it is abandoned (its thread finishes on its
@@ -34,6 +35,8 @@ class SharedCache:
 
     ``_pending`` and ``_idle`` are only touched on the trio thread, never across an await.
     """
+
+    name = "shared"  # in metrics, timings and stats.json
 
     def __init__(
         self,
@@ -89,20 +92,19 @@ class SharedCache:
         self.tier.note_timeout(what, timeout_s, write=write)
         return None
 
-    async def member_into_cache(self, cache: CacheStore, ref: MemberRef) -> bool:
+    async def get_member(self, ref: MemberRef, into: CacheStore) -> bool:
         """Copy a member from the share into the local cache, verified; False if it is not usable there."""
         if not self.tier.readable():
             return False
         copied = await self._call(
             f"copying {ref.member_path}",
             ref.size,
-            lambda: self.tier.copy_into(cache, ref.cache_key, ref.size, ref.sha256),
+            lambda: self.tier.copy_into(into, ref.cache_key, ref.size, ref.sha256),
         )
         return copied is True
 
-    async def block(self, ref: HubFileRef, block_size: int, index: int) -> bytes | None:
+    async def get_block(self, ref: HubFileRef, block_size: int, index: int) -> bytes | None:
         """A Hub-file block from the share (verified), or None."""
-
         if not self.tier.readable():
             return None
         length = min(block_size, ref.size - index * block_size)
@@ -117,11 +119,11 @@ class SharedCache:
             try:
                 await trio.to_thread.run_sync(ref.check_whole, data)
             except IntegrityError as exc:
-                self.tier._corrupt(self.tier.entry_path(ref.block_key(block_size, index)), str(exc))
+                self.tier.report_corrupt(self.tier.entry_path(ref.block_key(block_size, index)), str(exc))
                 return None
         return data
 
-    async def shard_index_into(self, shard_sha256: str, dest: Path) -> bool:
+    async def get_shard_index(self, shard_sha256: str, dest: Path) -> bool:
         """Copy a shard index from the share to ``dest`` (verified by loading it)."""
         if not self.tier.readable():
             return False
@@ -134,19 +136,19 @@ class SharedCache:
         )
         return copied is True
 
-    def publish_member_soon(self, cache: CacheStore, ref: MemberRef) -> None:
+    def put_member_soon(self, ref: MemberRef, source: CacheStore) -> None:
         self._publish_soon(
             f"publishing {ref.member_path}",
             ref.size,
-            lambda: self.tier.publish_from_cache(cache, ref.cache_key, ref.size, ref.sha256),
+            lambda: self.tier.publish_from_cache(source, ref.cache_key, ref.size, ref.sha256),
         )
 
-    def publish_block_soon(self, key: str, data: bytes) -> None:
+    def put_block_soon(self, key: str, data: bytes) -> None:
         self._publish_soon(f"publishing {key}", len(data), lambda: self.tier.publish_bytes(key, data))
 
     def _publish_soon(self, what: str, size: int, fn: Callable[[], object]) -> None:
         if not self.tier.writable() or self._pending >= self._max_pending:
-            self.tier._skip()
+            self.tier.note_skipped()
             return
         if self._pending == 0:
             self._idle = trio.Event()

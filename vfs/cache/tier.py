@@ -251,14 +251,14 @@ class SharedTier:
                     if chunk is None:
                         return False
                     if not chunk:
-                        self._corrupt(path, f"ends at {offset} of {size} content bytes", fd)
+                        self.report_corrupt(path, f"ends at {offset} of {size} content bytes", fd)
                         return False
                     writer.write(chunk)
                     offset += len(chunk)
                 try:
                     writer.commit()
                 except IntegrityError as exc:
-                    self._corrupt(path, str(exc), fd)
+                    self.report_corrupt(path, str(exc), fd)
                     return False
         finally:
             os.close(fd)
@@ -281,7 +281,7 @@ class SharedTier:
             if data is None:
                 return None
             if len(data) != size or hashlib.sha256(data).hexdigest() != recorded:
-                self._corrupt(path, "content does not match its recorded sha256", fd)
+                self.report_corrupt(path, "content does not match its recorded sha256", fd)
                 return None
         finally:
             os.close(fd)
@@ -301,11 +301,11 @@ class SharedTier:
         try:
             src = os.open(cache.path_of(key), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            self._skip()
+            self.note_skipped()
             return False
         try:
             if os.fstat(src).st_size < size:  # a local entry is content + trailer; shorter is not ours
-                self._skip()
+                self.note_skipped()
                 return False
 
             def write(fd: int) -> None:
@@ -347,17 +347,17 @@ class SharedTier:
             self._read_failed(f"stat {path}: {exc}")
             return None
         if st.st_size != size + TRAILER_BYTES:
-            self._corrupt(path, f"{st.st_size} bytes, expected {size + TRAILER_BYTES}", fd)
+            self.report_corrupt(path, f"{st.st_size} bytes, expected {size + TRAILER_BYTES}", fd)
             return None
         trailer = self._pread(fd, path, TRAILER_BYTES, size)
         if trailer is None:
             return None
         if len(trailer) != TRAILER_BYTES or trailer[32:] != _MAGIC:
-            self._corrupt(path, "no shared-entry trailer", fd)
+            self.report_corrupt(path, "no shared-entry trailer", fd)
             return None
         recorded = trailer[:32].hex()
         if sha256 is not None and recorded != sha256.lower():
-            self._corrupt(path, f"recorded sha256 {recorded}, the catalog says {sha256}", fd)
+            self.report_corrupt(path, f"recorded sha256 {recorded}, the catalog says {sha256}", fd)
             return None
         return recorded
 
@@ -392,7 +392,7 @@ class SharedTier:
             try:
                 verify(tmp)
             except (IntegrityError, ValueError) as exc:
-                self._corrupt(src, str(exc), fd)
+                self.report_corrupt(src, str(exc), fd)
                 return False
             os.replace(tmp, dest)
             _fsync_dir(dest.parent)
@@ -402,6 +402,10 @@ class SharedTier:
                 os.unlink(tmp)
         self._hit(copied)
         return True
+
+    def publish_payload(self, dest: Path, payload: bytes, *, replace: bool = False) -> bool:
+        """Publish the small file ``payload`` at ``dest`` (skipped if there, unless ``replace``)."""
+        return self._publish(dest, len(payload), lambda fd: write_all(fd, payload), replace=replace)
 
     def publish_file(self, src: Path, dest: Path, *, replace: bool = False) -> bool:
         """Publish the local file ``src`` at ``dest`` in the share (skipped if there, unless ``replace``)."""
@@ -435,7 +439,7 @@ class SharedTier:
             return None
         commit = data.decode("ascii", "replace").strip()
         if not is_commit_sha(commit):
-            self._corrupt(self.pin_path(repo, revision), f"not a commit sha: {commit[:60]!r}")
+            self.report_corrupt(self.pin_path(repo, revision), f"not a commit sha: {commit[:60]!r}")
             return None
         return commit
 
@@ -477,7 +481,7 @@ class SharedTier:
             self.stats.errors += 1
         self._read.failed(self.root, problem)
 
-    def _corrupt(self, path: Path, problem: str, fd: int | None = None) -> None:
+    def report_corrupt(self, path: Path, problem: str, fd: int | None = None) -> None:
         """Count and report a bad file; remove it if ``fd`` (open on it) shows it was not replaced since.
 
         Removing it lets the next publish of the good bytes (which skips files that are already there)
@@ -499,18 +503,18 @@ class SharedTier:
             self.stats.hits += 1
             self.stats.bytes_read += size
 
-    def _skip(self) -> None:
+    def note_skipped(self) -> None:
         with self._lock:
             self.stats.publish_skipped += 1
 
     def _publish(self, dest: Path, size: int, write: Callable[[int], None], *, replace: bool = False) -> bool:
         """Write a temp file with ``write(fd)`` (exactly ``size`` bytes), fsync, rename to ``dest``."""
         if not self._write.usable():
-            self._skip()
+            self.note_skipped()
             return False
         try:
             if not replace and os.stat(dest).st_size == size:
-                self._skip()  # another node (or this one) published it already
+                self.note_skipped()  # another node (or this one) published it already
                 return False
         except FileNotFoundError:
             pass

@@ -13,7 +13,6 @@ random reader fetches only the blocks it asks for.
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING
 
 import trio
@@ -86,7 +85,7 @@ BLOCK_ATTEMPTS = 3
 
 
 async def fetch_block(sources: FetchContext, ref: HubFileRef, index: int) -> bytes:
-    """Fetch one block from the Hub, verify it, publish it to the cache, return its bytes."""
+    """Fetch one block from the Hub and verify it; the caller publishes it to the cache tiers."""
     bs = sources.block_size
     start = index * bs
     end = min(start + bs, ref.size)
@@ -105,21 +104,5 @@ async def fetch_block(sources: FetchContext, ref: HubFileRef, index: int) -> byt
             if attempt == BLOCK_ATTEMPTS:
                 raise
             log.warning("%s; refetching (attempt %d of %d)", exc, attempt + 1, BLOCK_ATTEMPTS)
-    key = ref.block_key(bs, index)
-    await trio.to_thread.run_sync(sources.cache.publish, key, data, limiter=sources.disk_limiter)
     log.debug("fetched %s block %d (%d bytes)", ref.path, index, len(data))
     return data
-
-
-def read_cached_block(sources: FetchContext, ref: HubFileRef, index: int) -> bytes | None:
-    """Blocking: the block from the cache, or None. Runs in a worker thread."""
-    bs = sources.block_size
-    length = min(bs, ref.size - index * bs)
-    fd = sources.cache.lookup(ref.block_key(bs, index), size=length)
-    if fd is None:
-        return None
-    try:
-        data = os.pread(fd, length, 0)
-    finally:
-        os.close(fd)
-    return data if len(data) == length else None

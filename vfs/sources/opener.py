@@ -1,4 +1,5 @@
-"""``Sources``: turns a ref into an open ``Handle``; owns the fetch machinery the sources share.
+"""``Sources``: turns a ref into an open ``Handle``; owns the fetch machinery the sources share. A fetch
+goes through the cache tiers (``vfs.cache.levels.MultilevelCache``), then to the Hub.
 
 Concurrency: blocking work runs in threads behind named limiters -- ``disk_limiter`` for cache file I/O,
 ``cpu_limiter`` for inflating and hashing -- so a stalled network (whose concurrency the Hub client
@@ -19,11 +20,12 @@ import trio
 from cachetools import LRUCache
 
 from vfs.access import Caller
+from vfs.cache.levels import MultilevelCache
 from vfs.errors import FetchError, VfsError
 from vfs.layout import index_path
 from vfs.refs import HubFileRef, LocalFileRef, MemberRef, Ref, UpstreamRef, VirtualRef
 from vfs.sources.base import BytesHandle, FdCache, FdHandle, Handle
-from vfs.sources.hubfile import HubFileHandle, fetch_block, read_cached_block
+from vfs.sources.hubfile import HubFileHandle, fetch_block
 from vfs.sources.member import fetch_member
 from vfs.sources.singleflight import SingleFlight
 from vfs.sources.timings import FetchTimings
@@ -31,7 +33,9 @@ from vfs.sources.upstream import open_local, open_upstream
 from vfs.targz.shard_index import ShardIndex
 
 if TYPE_CHECKING:
-    from vfs.cache.shared import SharedCache
+    from collections.abc import Sequence
+
+    from vfs.cache.levels import DataCache
     from vfs.cache.store import CacheStore
     from vfs.hub.client import HubClient
 
@@ -51,11 +55,9 @@ class Sources:
         disk_threads: int = 16,
         cpu_threads: int = 2,
         index_cache_entries: int = 64,
-        shared: SharedCache | None = None,
+        lower_tiers: Sequence[DataCache] = (),
     ) -> None:
         self.commit = commit
-        # The cluster's shared cache tier: looked up after the local cache, before the Hub.
-        self.shared = shared
         self.timings = FetchTimings()
         self.open_fds = FdCache()  # re-opens of hot members skip the worker thread
         self.cache = cache
@@ -64,6 +66,8 @@ class Sources:
         self.client = client
         self.disk_limiter = trio.CapacityLimiter(disk_threads)
         self.cpu_limiter = trio.CapacityLimiter(cpu_threads)
+        # The local store, then the tiers below it (the cluster's shared tier), then the Hub.
+        self.tiers = MultilevelCache(cache, lower_tiers, disk_limiter=self.disk_limiter)
         self._flights: SingleFlight[object] = SingleFlight(nursery)
         self._nursery = nursery
         self._indexes: LRUCache[str, ShardIndex] = LRUCache(maxsize=index_cache_entries)
@@ -104,7 +108,7 @@ class Sources:
         return True
 
     async def hub_block(self, ref: HubFileRef, index: int) -> bytes:
-        data = await trio.to_thread.run_sync(read_cached_block, self, ref, index, limiter=self.disk_limiter)
+        data = await self.tiers.block(ref, self.block_size, index)
         if data is not None:
             return data
         result = await self._flights.run(
@@ -121,7 +125,7 @@ class Sources:
 
     async def _read_ahead(self, ref: HubFileRef, indexes: range) -> None:
         for index in indexes:
-            if self.client is None and self.shared is None:
+            if self.client is None and not self.tiers.lower:
                 return
             key = ref.block_key(self.block_size, index)  # the cache key, and the key its flight runs under
             if await trio.to_thread.run_sync(self.cache.contains, key, limiter=self.disk_limiter):
@@ -138,21 +142,18 @@ class Sources:
     async def _fetch_block(self, ref: HubFileRef, index: int) -> bytes:
         # Another flight (a read-ahead, another reader) may have published the block between the caller's
         # cache miss and this flight's start: look again, inside the flight, so it is never fetched twice.
-        cached = await trio.to_thread.run_sync(read_cached_block, self, ref, index, limiter=self.disk_limiter)
+        cached = await self.tiers.block(ref, self.block_size, index)
         if cached is not None:
             return cached
         started_s = trio.current_time()
-        if self.shared is not None:
-            data = await self.shared.block(ref, self.block_size, index)
-            if data is not None:
-                key = ref.block_key(self.block_size, index)
-                await trio.to_thread.run_sync(self.cache.publish, key, data, limiter=self.disk_limiter)
-                self.timings.observe("block", "shared", trio.current_time() - started_s)
-                return data
+        below = await self.tiers.block_below(ref, self.block_size, index)
+        if below is not None:
+            data, tier = below
+            self.timings.observe("block", tier, trio.current_time() - started_s)
+            return data
         data = await fetch_block(self, ref, index)
+        await self.tiers.put_block(ref, self.block_size, index, data)
         self.timings.observe("block", "hub", trio.current_time() - started_s)
-        if self.shared is not None:
-            self.shared.publish_block_soon(ref.block_key(self.block_size, index), data)
         return data
 
     async def member_fd(self, ref: MemberRef) -> int:
@@ -182,29 +183,26 @@ class Sources:
             os.close(fd)
 
     async def _lookup_member(self, ref: MemberRef) -> int | None:
-        return await trio.to_thread.run_sync(
-            lambda: self.cache.lookup(ref.cache_key, size=ref.size, sha256=ref.sha256),
-            limiter=self.disk_limiter,
-        )
+        return await self.tiers.member_fd(ref)
 
     async def _fetch_member(self, ref: MemberRef) -> None:
         started_s = trio.current_time()
-        if self.shared is not None and await self.shared.member_into_cache(self.cache, ref):
-            self.timings.observe("member", "shared", trio.current_time() - started_s)
+        tier = await self.tiers.member_below(ref)
+        if tier is not None:
+            self.timings.observe("member", tier, trio.current_time() - started_s)
             return
         index = await self.shard_index(ref.shard_sha256, ref.shard_path)
         await fetch_member(self, ref, index)
         self.timings.observe("member", "hub", trio.current_time() - started_s)
-        if self.shared is not None:
-            self.shared.publish_member_soon(self.cache, ref)
+        self.tiers.member_fetched(ref)
 
     async def shard_index(self, shard_sha256: str, shard_path: str) -> ShardIndex:
         index = self._indexes.get(shard_sha256)
         if index is not None:
             return index
         path = index_path(self.index_dir, shard_sha256)
-        if self.shared is not None and not await trio.to_thread.run_sync(path.exists):
-            await self.shared.shard_index_into(shard_sha256, path)
+        if self.tiers.lower and not await trio.to_thread.run_sync(path.exists):
+            await self.tiers.shard_index(shard_sha256, path)
 
         def load() -> ShardIndex:
             try:
