@@ -72,8 +72,8 @@ def indexed_demo_cache(tmp_path_factory: pytest.TempPathFactory, demo, _session_
     import trio
 
     from tests.mounting import write_config
+    from vfs.commands.index import index_async
     from vfs.config import load_config
-    from vfs.indexer import index_async
 
     work = tmp_path_factory.mktemp("indexed-demo")
     cfg = write_config(

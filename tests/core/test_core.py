@@ -16,11 +16,11 @@ from tests.conftest import REPO_ID
 from tests.mounting import write_config
 from vfs.cache.store import CacheStore
 from vfs.catalog.catalog import CatalogDir
+from vfs.commands.index import build_catalog
 from vfs.config import load_config
 from vfs.daemon import build_core, build_sources
 from vfs.errors import ReadOnly, VfsError
 from vfs.hub.client import HubClient
-from vfs.indexer import build_catalog
 from vfs.layout import CacheLayout
 from vfs.tree.snapshot import NO_STATS, build_namespace
 

@@ -18,9 +18,9 @@ from tests.conftest import REPO_ID
 from tests.mounting import cli, write_config
 from vfs.catalog.annotations import normalise_video_path
 from vfs.catalog.catalog import CatalogDir, load_catalog_offline
+from vfs.commands.index import index_async
 from vfs.config import load_config
 from vfs.demo.dataset import video_bytes
-from vfs.indexer import index_async
 from vfs.layout import CacheLayout
 from vfs.refs import MemberRef, UpstreamRef
 from vfs.tree.availability import compute_availability

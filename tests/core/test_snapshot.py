@@ -23,9 +23,9 @@ from tests.conftest import REPO_ID
 from tests.core.test_coverage import stage_upstreams, upstream_toml
 from tests.mounting import Mount, write_config
 from vfs.catalog.catalog import CatalogDir, load_catalog_offline
+from vfs.commands.index import index_async
 from vfs.config import Config, load_config
 from vfs.demo.dataset import video_bytes
-from vfs.indexer import index_async
 from vfs.layout import CacheLayout
 from vfs.refs import UpstreamDirRef, UpstreamRef, VirtualRef
 from vfs.tree.namespace import ROOT_INO, Namespace, NamespaceView, Node

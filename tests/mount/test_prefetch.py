@@ -14,9 +14,9 @@ import pytest
 from tests.conftest import REPO_ID
 from tests.mounting import Mount, cli, write_config
 from vfs.cache.store import CacheStore
+from vfs.commands.prefetch import run_prefetch
 from vfs.config import load_config
 from vfs.errors import ConfigError
-from vfs.prefetch import run_prefetch
 
 pytestmark = pytest.mark.allow_log(r"skipped video", r"records skipped")
 

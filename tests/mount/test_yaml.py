@@ -13,9 +13,9 @@ import yaml
 
 from tests.conftest import REPO_ID
 from tests.mounting import Mount, cli, write_config
+from vfs.commands.yaml import run_yaml
 from vfs.config import load_config
 from vfs.errors import ConfigError
-from vfs.yamlgen import run_yaml
 
 pytestmark = pytest.mark.allow_log(r"skipped video", r"records skipped")
 

@@ -15,6 +15,7 @@ The network stays on the trio thread (async client); inflating, hashing and pars
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import functools
 import hashlib
@@ -386,3 +387,7 @@ def run_index(config: Config, *, jobs: int = 2, progress: bool = True, refresh: 
     for err in report.errors:
         print(f"error: {err}")
     return 1 if report.errors else 0
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    return run_index(config, jobs=args.jobs, progress=not args.no_progress, refresh=args.refresh)

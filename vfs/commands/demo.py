@@ -9,6 +9,7 @@ and unmounts.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -19,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from vfs.commands.index import run_index
 from vfs.config import load_config
 from vfs.demo.dataset import DemoSpec, build_demo_dataset
 from vfs.hub.emulator import HubEmulator
-from vfs.indexer import run_index
 
 REPO_ID = "lmms-lab/LLaVA-Video-178K"
 
@@ -146,3 +147,7 @@ def run_demo(*, workdir: Path | None = None, keep: bool = False) -> int:
                 subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
             if own_dir and not keep:
                 shutil.rmtree(work, ignore_errors=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    return run_demo(workdir=Path(args.workdir) if args.workdir else None, keep=args.keep)

@@ -20,6 +20,7 @@ Strings are written as JSON strings, which YAML reads as double-quoted scalars, 
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import json
 import os
@@ -30,10 +31,10 @@ from pathlib import Path
 from typing import TextIO
 
 from vfs.catalog.catalog import CatalogData
+from vfs.commands.prefetch import local_catalog
 from vfs.config import Config
 from vfs.durable import publish
 from vfs.errors import ConfigError
-from vfs.prefetch import local_catalog
 
 AVAILABLE_DIR = ".vfs/available"
 _STRATEGY_RE = re.compile(r"^(?:all|(?:first|end|random):[0-9]+%?)$")
@@ -139,3 +140,14 @@ def run_yaml(
     else:
         print(f"llava-vfs yaml: {mountpoint} is not mounted now; the paths were not checked", file=sys.stderr)
     return 1 if missing else 0
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    return run_yaml(
+        config,
+        mountpoint=Path(args.mount),
+        available_only=args.available_only,
+        sampling_strategy=args.sampling_strategy,
+        dirs=tuple(args.dirs or ()),
+        output=Path(args.output) if args.output else None,
+    )

@@ -22,6 +22,7 @@ message saying what to do.
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import json
 import logging
@@ -49,10 +50,11 @@ from vfs.cache.store import CacheLocked, CacheStore, entry_file
 from vfs.cache.tier import SharedTier
 from vfs.catalog.catalog import CatalogData, CatalogDir, load_catalog_offline
 from vfs.catalog.share import restore_from_share
+from vfs.commands.index import run_index
+from vfs.commands.output import human_size
 from vfs.config import Config
 from vfs.daemon import build_sources, open_client, resolve_token
 from vfs.errors import ConfigError, VfsError
-from vfs.indexer import run_index
 from vfs.layout import CacheLayout
 from vfs.mountinfo import mounts
 from vfs.refs import HubFileRef, MemberRef
@@ -435,13 +437,6 @@ def check_mount(mountpoint: Path, catalog: CatalogData) -> None:
         )
 
 
-def _human(size_bytes: int) -> str:
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size_bytes >= scale:
-            return f"{size_bytes / scale:.1f} {unit}"
-    return f"{size_bytes} B"
-
-
 def dry_run(config: Config, selection: Selection, out: TextIO) -> PrefetchReport:
     """Print what a real run would fetch: ``size<TAB>source<TAB>path`` per file, then a summary."""
 
@@ -470,7 +465,8 @@ def dry_run(config: Config, selection: Selection, out: TextIO) -> PrefetchReport
         report.fetched_bytes += item.size
         out.write(f"{item.size}\t{source}\t{item.path}\n")
     out.write(
-        f"would fetch {report.fetched} files, {report.fetched_bytes} bytes ({_human(report.fetched_bytes)}): "
+        f"would fetch {report.fetched} files, {report.fetched_bytes} bytes "
+        f"({human_size(report.fetched_bytes)}): "
         f"{report.fetched - from_shared} from the Hub, {from_shared} from the shared cache; "
         f"{report.cached} of {report.selected} already cached\n"
     )
@@ -505,9 +501,9 @@ def run_prefetch(
     total_bytes = sum(i.size for i in selection.items)
     if total_bytes > config.cache.max_size_bytes:
         print(
-            f"llava-vfs prefetch: warning: the selection ({_human(total_bytes)}) is larger than "
-            f"cache.max_size ({_human(config.cache.max_size_bytes)}): the cache will evict the first files "
-            "to fit the last",
+            f"llava-vfs prefetch: warning: the selection ({human_size(total_bytes)}) is larger than "
+            f"cache.max_size ({human_size(config.cache.max_size_bytes)}): the cache will evict the first "
+            "files to fit the last",
             file=sys.stderr,
         )
     if dry:
@@ -555,3 +551,15 @@ def run_prefetch(
     for path, problem in report.failed[:20]:
         out.write(f"failed: {path}: {problem}\n")
     return 1 if report.failed or selection.unknown else 0
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    return run_prefetch(
+        config,
+        dirs=args.dirs,
+        paths_from=args.paths_from,
+        dry=args.dry_run,
+        jobs=args.jobs,
+        mountpoint=Path(args.mount) if args.mount else None,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
