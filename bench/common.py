@@ -209,7 +209,7 @@ _BASE_MP4: dict[int, bytes] = {}
 
 def video_payload(seed: int, size: int) -> bytes:
     """A decodable mp4 of exactly ``size`` bytes: a tiny real clip plus a ``free`` box of random bytes."""
-    from vfs.demo.dataset import make_mp4, pad_mp4
+    from vfs.demo.media import make_mp4, pad_mp4
 
     base = _BASE_MP4.get(seed % 16)
     if base is None:

@@ -31,7 +31,7 @@ from tests.reliability import (
     wait_for,
     write_cfg,
 )
-from vfs.cache.store import FOOTER_SIZE
+from vfs.cache.entry import FOOTER_SIZE
 from vfs.hub.emulator import Fault
 
 pytestmark = pytest.mark.fuse

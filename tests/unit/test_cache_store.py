@@ -21,6 +21,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,14 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vfs.cache import store as store_mod
-from vfs.cache.store import (
-    FOOTER_SIZE,
-    CacheFull,
-    CacheLocked,
-    CacheStore,
-    encode_trailer,
-    entry_name,
-)
+from vfs.cache.entry import FOOTER_CRC, FOOTER_HEAD, FOOTER_SIZE, encode_trailer, entry_name
+from vfs.cache.store import CacheFull, CacheLocked, CacheStore
 from vfs.errors import ConfigError, FetchError, IntegrityError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -410,13 +405,13 @@ def test_lru_matches_a_reference_model(tmp_path: Path, ops: list[tuple[str, int,
 def count_hashing(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts full-content hash passes (verifications) by wrapping the real function."""
     calls: list[int] = []
-    real = store_mod._sha256_of_prefix
+    real = store_mod.sha256_of_prefix
 
     def counting(fd: int, size: int) -> str:
         calls.append(size)
         return real(fd, size)
 
-    monkeypatch.setattr(store_mod, "_sha256_of_prefix", counting)
+    monkeypatch.setattr(store_mod, "sha256_of_prefix", counting)
     return calls
 
 
@@ -505,7 +500,7 @@ def test_lookup_touches_mtime_so_recency_survives_restart(root: Path) -> None:
 def _rewrite_footer(path: Path, **changes: int) -> None:
     """Re-encode the footer with fields changed and a valid crc, so only the changed field is wrong."""
     raw = path.read_bytes()
-    head = store_mod._FOOTER_HEAD
+    head = FOOTER_HEAD
     footer = raw[-FOOTER_SIZE:]
     fields = list(head.unpack_from(footer))
     names = ["magic", "version", "reserved", "key_len", "size", "digest"]
@@ -514,7 +509,7 @@ def _rewrite_footer(path: Path, **changes: int) -> None:
     key_len = fields[3]
     key_bytes = raw[-FOOTER_SIZE - key_len : -FOOTER_SIZE]
     new_head = head.pack(*fields)
-    crc = store_mod._FOOTER_CRC.pack(store_mod.zlib.crc32(key_bytes + new_head))
+    crc = FOOTER_CRC.pack(zlib.crc32(key_bytes + new_head))
     path.write_bytes(raw[:-FOOTER_SIZE] + new_head + crc)
 
 
@@ -639,7 +634,7 @@ def test_entry_evicted_while_being_verified_is_served_but_not_reindexed(
     with CacheStore(root, max_size_bytes=1 << 30) as store:
         store.publish("a", data)
     again = CacheStore(root, max_size_bytes=2 * file_bytes(size, "a"))
-    real = store_mod._sha256_of_prefix
+    real = store_mod.sha256_of_prefix
 
     def evict_a_meanwhile(fd: int, nbytes: int) -> str:
         again.publish("b", patterned(size, seed=2))
@@ -647,7 +642,7 @@ def test_entry_evicted_while_being_verified_is_served_but_not_reindexed(
         assert not again.path_of("a").exists()
         return real(fd, nbytes)
 
-    monkeypatch.setattr(store_mod, "_sha256_of_prefix", evict_a_meanwhile)
+    monkeypatch.setattr(store_mod, "sha256_of_prefix", evict_a_meanwhile)
     fd = again.lookup("a", size=size)
     assert fd is not None
     try:
@@ -668,13 +663,13 @@ def test_good_publish_during_verification_of_a_bad_entry_is_not_quarantined(
         store.publish("a", data)
     _flip_content_byte(store.path_of("a"))
     again = CacheStore(root, max_size_bytes=1 << 30)
-    real = store_mod._sha256_of_prefix
+    real = store_mod.sha256_of_prefix
 
     def republish_meanwhile(fd: int, nbytes: int) -> str:
         again.publish("a", data)  # a refetch by another reader lands while this one verifies
         return real(fd, nbytes)
 
-    monkeypatch.setattr(store_mod, "_sha256_of_prefix", republish_meanwhile)
+    monkeypatch.setattr(store_mod, "sha256_of_prefix", republish_meanwhile)
     assert again.lookup("a", size=len(data)) is None  # the bytes this lookup opened were bad
     assert len(warnings_of(caplog)) == 1
     assert again.stats.quarantined == 0 and list((root / "quarantine").iterdir()) == []

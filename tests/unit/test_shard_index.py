@@ -33,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vfs.demo.dataset import make_mp4
+from vfs.demo.media import make_mp4
 from vfs.errors import IntegrityError
 from vfs.targz import zran
 from vfs.targz.build import build_shard_index

@@ -18,31 +18,32 @@ import hashlib
 import logging
 import os
 import shutil
-import struct
 import threading
 import time
 import uuid
-import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from vfs.cache.entry import (
+    FOOTER_SIZE,
+    FORMAT_VERSION,
+    HEX,
+    BadEntry,
+    encode_key,
+    encode_trailer,
+    entry_name,
+    normalise_sha256,
+    read_trailer,
+    sha256_of_prefix,
+)
 from vfs.durable import fsync_dir
 from vfs.errors import ConfigError, FetchError, IntegrityError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-_MAGIC = b"LVVFSENT"
-# magic, format version, reserved (0), key length, content size, content sha256 digest.
-_FOOTER_HEAD = struct.Struct("<8sHHIQ32s")
-_FOOTER_CRC = struct.Struct("<I")
-FOOTER_SIZE = _FOOTER_HEAD.size + _FOOTER_CRC.size
-MAX_KEY_BYTES = 4096
-
-_HASH_CHUNK_BYTES = 1 << 20
 # Quarantined files are for diagnosis only; keep a few so a rotting disk cannot fill itself up.
 _QUARANTINE_KEEP = 8
 # Recency survives restarts through the mtime; touching it at most once a second per entry keeps
@@ -50,7 +51,6 @@ _QUARANTINE_KEEP = 8
 _TOUCH_GRANULARITY_NS = 1_000_000_000
 _CACHE_FULL_WARN_INTERVAL_S = 60.0
 _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-_HEX = frozenset("0123456789abcdef")
 
 
 class CacheFull(FetchError):
@@ -87,91 +87,11 @@ class VerifyReport:
     problems: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (key or file name, problem)
 
 
-class _BadEntry(Exception):
-    """An entry file failed a check; the message is the problem, for the one WARNING."""
-
-
-@dataclass(frozen=True)
-class _Trailer:
-    key: str
-    size: int
-    sha256: str
-
-
-def entry_name(key: str) -> str:
-    """The file name of ``key``'s entry: the sha256 hex of its UTF-8 bytes."""
-    return hashlib.sha256(_key_bytes(key)).hexdigest()
-
-
 def entry_file(root: Path, key: str) -> Path:
     """Where ``key``'s entry lives under a store's ``root``: for a look that must not open the store (which
     takes its lock), such as ``prefetch --dry-run`` beside a running mount."""
     name = entry_name(key)
     return root / f"entries-v{FORMAT_VERSION}" / name[:2] / name[2:4] / name
-
-
-def _key_bytes(key: str) -> bytes:
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"cache key must be a non-empty str, got {key!r}")
-    encoded = key.encode("utf-8")  # strict: a key that cannot be recorded is a programming error
-    if len(encoded) > MAX_KEY_BYTES:
-        raise ValueError(f"cache key is {len(encoded)} bytes, more than {MAX_KEY_BYTES}")
-    return encoded
-
-
-def _normalise_sha256(sha256: str | None) -> str | None:
-    if sha256 is None:
-        return None
-    lowered = sha256.lower()
-    if len(lowered) != 64 or not set(lowered) <= _HEX:
-        raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
-    return lowered
-
-
-def encode_trailer(key: str, size: int, sha256_hex: str) -> bytes:
-    """The bytes that follow an entry's content (public for tests that craft entries)."""
-    key_bytes = _key_bytes(key)
-    head = _FOOTER_HEAD.pack(_MAGIC, FORMAT_VERSION, 0, len(key_bytes), size, bytes.fromhex(sha256_hex))
-    return key_bytes + head + _FOOTER_CRC.pack(zlib.crc32(key_bytes + head))
-
-
-def _read_trailer(fd: int, file_size: int) -> _Trailer:
-    if file_size < FOOTER_SIZE:
-        raise _BadEntry(f"file is {file_size} bytes, shorter than the {FOOTER_SIZE}-byte trailer")
-    footer = os.pread(fd, FOOTER_SIZE, file_size - FOOTER_SIZE)
-    if len(footer) != FOOTER_SIZE:
-        raise _BadEntry("short read of the trailer")
-    magic, version, _reserved, key_len, size, digest = _FOOTER_HEAD.unpack_from(footer)
-    (crc,) = _FOOTER_CRC.unpack_from(footer, _FOOTER_HEAD.size)
-    if magic != _MAGIC:
-        raise _BadEntry("no entry trailer at the end of the file (bad magic)")
-    if version != FORMAT_VERSION:
-        raise _BadEntry(f"format version {version}, expected {FORMAT_VERSION}")
-    if key_len > MAX_KEY_BYTES or key_len + FOOTER_SIZE > file_size:
-        raise _BadEntry(f"trailer key length {key_len} is out of range")
-    key_bytes = os.pread(fd, key_len, file_size - FOOTER_SIZE - key_len)
-    if zlib.crc32(key_bytes + footer[: _FOOTER_HEAD.size]) != crc:
-        raise _BadEntry("trailer checksum mismatch")
-    if size + key_len + FOOTER_SIZE != file_size:
-        raise _BadEntry(f"file is {file_size} bytes but the trailer records {size} content bytes")
-    try:
-        key = key_bytes.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _BadEntry("trailer key is not UTF-8") from exc
-    return _Trailer(key=key, size=size, sha256=digest.hex())
-
-
-def _sha256_of_prefix(fd: int, size: int) -> str:
-    hasher = hashlib.sha256()
-    buf = memoryview(bytearray(min(_HASH_CHUNK_BYTES, max(size, 1))))
-    offset = 0
-    while offset < size:
-        n = os.preadv(fd, [buf[: min(len(buf), size - offset)]], offset)
-        if n == 0:
-            raise _BadEntry(f"unexpected end of file at offset {offset}")
-        hasher.update(buf[:n])  # hashlib releases the GIL for large buffers: verifications run in parallel
-        offset += n
-    return hasher.hexdigest()
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -208,7 +128,7 @@ class EntryWriter:
         self.size = size
         self._store = store
         self._name = entry_name(key)
-        self._expected_sha256 = _normalise_sha256(sha256)
+        self._expected_sha256 = normalise_sha256(sha256)
         if prehashed and self._expected_sha256 is None:
             raise ValueError("prehashed needs the sha256 the caller verified")
         # A caller that already verified these exact bytes against ``sha256`` (the member extractor
@@ -383,9 +303,9 @@ class CacheStore:
         """An O_RDONLY fd on ``key``'s verified entry (the caller closes it), or None if absent or bad."""
         if size < 0:
             raise ValueError(f"entry size must be >= 0, got {size}")
-        key_bytes = _key_bytes(key)
+        key_bytes = encode_key(key)
         name = hashlib.sha256(key_bytes).hexdigest()
-        expected_sha256 = _normalise_sha256(sha256)
+        expected_sha256 = normalise_sha256(sha256)
         expected_file_bytes = size + len(key_bytes) + FOOTER_SIZE
         path = self._entry_path(name)
         while True:
@@ -485,12 +405,12 @@ class CacheStore:
             try:
                 st = os.fstat(fd)
                 try:
-                    trailer = _read_trailer(fd, st.st_size)
+                    trailer = read_trailer(fd, st.st_size)
                     label = trailer.key
                     if entry_name(trailer.key) != path.name:
-                        raise _BadEntry(f"trailer key {trailer.key!r} does not belong in file {path.name}")
+                        raise BadEntry(f"trailer key {trailer.key!r} does not belong in file {path.name}")
                     problem = self._check_content(fd, st.st_size, trailer.key, trailer.size, None)
-                except _BadEntry as exc:
+                except BadEntry as exc:
                     problem = str(exc)
             finally:
                 os.close(fd)
@@ -516,17 +436,17 @@ class CacheStore:
     ) -> str | None:
         """The problem with the entry open on ``fd``, or None if it is good. Reads the whole content."""
         try:
-            trailer = _read_trailer(fd, file_bytes)
+            trailer = read_trailer(fd, file_bytes)
             if trailer.key != key:
-                raise _BadEntry(f"trailer names key {trailer.key!r}")
+                raise BadEntry(f"trailer names key {trailer.key!r}")
             if trailer.size != size:
-                raise _BadEntry(f"trailer records {trailer.size} content bytes, expected {size}")
+                raise BadEntry(f"trailer records {trailer.size} content bytes, expected {size}")
             if expected_sha256 is not None and trailer.sha256 != expected_sha256:
-                raise _BadEntry(f"recorded sha256 {trailer.sha256}, expected {expected_sha256}")
-            actual = _sha256_of_prefix(fd, size)
+                raise BadEntry(f"recorded sha256 {trailer.sha256}, expected {expected_sha256}")
+            actual = sha256_of_prefix(fd, size)
             if actual != trailer.sha256:
-                raise _BadEntry(f"content sha256 {actual}, recorded {trailer.sha256}")
-        except _BadEntry as exc:
+                raise BadEntry(f"content sha256 {actual}, recorded {trailer.sha256}")
+        except BadEntry as exc:
             return str(exc)
         return None
 
@@ -741,7 +661,7 @@ class CacheStore:
                 for item in os.scandir(level2.path):
                     if (
                         len(item.name) == 64
-                        and set(item.name) <= _HEX
+                        and set(item.name) <= HEX
                         and item.name.startswith(prefix)
                         and item.is_file(follow_symlinks=False)
                     ):
@@ -777,4 +697,4 @@ class CacheStore:
 
 
 def _is_fanout(name: str) -> bool:
-    return len(name) == 2 and set(name) <= _HEX
+    return len(name) == 2 and set(name) <= HEX

@@ -24,19 +24,19 @@ Invariants:
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import itertools
 import json
 import random
-import struct
 import tarfile
 import uuid
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO, Final, cast
+from typing import Any, Final, cast
+
+from vfs.demo.media import check_frame_size, make_mp4, pad_mp4
+from vfs.demo.tarfiles import TAR_FORMATS, Flavour, GzipSink, flavour_of, tarinfo
 
 __all__ = [
     "DEFAULT_DIRECTORIES",
@@ -46,8 +46,6 @@ __all__ = [
     "DemoSpec",
     "DemoVideo",
     "build_demo_dataset",
-    "make_mp4",
-    "pad_mp4",
     "video_bytes",
 ]
 
@@ -83,10 +81,6 @@ LLAVA_HOUND_ANNOTATION: Final = "llava_hound/sharegptvideo_qa_255k_processed.jso
 # emulator does not serve, so the repo stays as it is.
 UNPACKED_DIR: Final = ".unpacked"
 
-_TAR_MTIME: Final = 1_717_200_000  # 2024-06-01: fixed, so shards are byte-identical across builds
-_TAR_FORMATS: Final = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
-_FORMAT_CYCLE: Final = ("ustar", "gnu", "pax")
-_GZIP_LEVEL_CYCLE: Final = (6, 1, 9)
 # Makes one perception_test member name longer than the 100 bytes a plain tar header holds.
 _LONG_DIRECTORY: Final = (
     "valid_videos_unpacked_from_the_release_archive_under_a_deliberately_long_directory_name"
@@ -126,7 +120,7 @@ class DemoSpec:
     def __post_init__(self) -> None:
         if self.videos_per_dir < 1 or self.shards_per_dir < 1:
             raise ValueError("videos_per_dir and shards_per_dir must be at least 1")
-        _check_frame_size(self.width, self.height)
+        check_frame_size(self.width, self.height)
         if self.fps < 1 or self.seconds <= 0:
             raise ValueError("fps must be at least 1 and seconds positive")
         if self.extra_padding_bytes < 0:
@@ -217,87 +211,6 @@ class DemoManifest:
 
 
 # --- mp4 ---------------------------------------------------------------------------------------------
-
-
-def _check_frame_size(width: int, height: int) -> None:
-    # yuv420p needs even sizes; decord 0.6 returns mis-sized frames for some narrow widths (16, 24, 48 and
-    # 72 px were seen), while every multiple of 32 decodes correctly.
-    if width < 32 or width % 32 or height < 16 or height % 2:
-        raise ValueError(
-            f"frame size {width}x{height}: width must be a multiple of 32, height even and >= 16"
-        )
-
-
-def make_mp4(*, seconds: float, width: int, height: int, fps: int, seed: int) -> bytes:
-    """A real H.264 (libx264, yuv420p) mp4 of moving, seed-dependent content; deterministic per arguments.
-
-    Reproducible bytes need two things, both measured with PyAV 18 (libx264 164): frames are built as
-    ``yuv420p`` planes in numpy, so no pixel-format conversion runs, and x264 runs on one thread without its
-    assembly kernels (``no-asm``). With the assembly on, 12 of 40 seeds of a 96x64 clip gave more than one
-    output in 8 encodes in one process (planes built in numpy or not; turning off x264's lookahead also
-    cured it, so its SIMD path reads bytes nothing set); without it, all 40 gave one. The output then also
-    no longer depends on which SIMD extensions the CPU has. It costs about twice the encode time.
-    """
-    import av  # the demo extra: imported here so the filesystem itself never needs PyAV or numpy
-    import numpy as np  # the demo extra, like PyAV
-
-    _check_frame_size(width, height)
-    frame_count = max(1, round(seconds * fps))
-    rng = np.random.default_rng(seed)
-    luma = rng.integers(0, 256, size=(height, width), dtype=np.uint8)
-    chroma = rng.integers(0, 256, size=(2, height // 2, width // 2), dtype=np.uint8)
-    box_colour = rng.integers(0, 256, size=3, dtype=np.uint8)  # Y, U, V
-    step_y, step_x = (int(v) for v in rng.integers(1, 4, size=2))
-    box = max(4, min(width, height) // 4) & ~1  # even, so it covers whole chroma samples
-    out = io.BytesIO()
-    with av.open(out, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # One thread and no assembly: see above. A keyframe per second, like real clips, so decord's seeks
-        # have more than one keyframe to land on.
-        stream.options = {
-            "preset": "veryfast",
-            "crf": "28",
-            "threads": "1",
-            "g": str(fps),
-            "x264-params": "no-asm=1",
-        }
-        for t in range(frame_count):
-            y_plane = np.roll(luma, shift=(t * step_y, t * step_x), axis=(0, 1))
-            uv_planes = np.roll(chroma, shift=((t * step_y) // 2, (t * step_x) // 2), axis=(1, 2))
-            y = (t * 3 * step_y) % (height - box) & ~1
-            x = (t * 5 * step_x) % (width - box) & ~1
-            y_plane[y : y + box, x : x + box] = box_colour[0]
-            uv_planes[0, y // 2 : (y + box) // 2, x // 2 : (x + box) // 2] = box_colour[1]
-            uv_planes[1, y // 2 : (y + box) // 2, x // 2 : (x + box) // 2] = box_colour[2]
-            # yuv420p as one (height * 3 / 2, width) array: Y, then U and V each folded into height / 4 rows.
-            planes = np.concatenate([y_plane, uv_planes.reshape(height // 2, width)])
-            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
-            frame.pts = t
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return out.getvalue()
-
-
-def pad_mp4(data: bytes, padding_bytes: int, *, seed: int) -> bytes:
-    """Append a top-level ``free`` box of ``padding_bytes`` (header included) of seeded random bytes.
-
-    Demuxers skip ``free`` boxes, so the file stays a valid mp4 that decodes to the same frames; random
-    bytes keep gzip from shrinking the shards, as real mp4s do not compress.
-    """
-    if padding_bytes == 0:
-        return data
-    if padding_bytes < 16:
-        raise ValueError("padding must be 0 or at least 16 bytes (one box header)")
-    import numpy as np  # the demo extra, like PyAV
-
-    if padding_bytes <= 0xFFFFFFFF:
-        header = struct.pack(">I4s", padding_bytes, b"free")
-    else:
-        header = struct.pack(">I4sQ", 1, b"free", padding_bytes)  # 64-bit "largesize" box
-    return data + header + np.random.default_rng(seed).bytes(padding_bytes - len(header))
 
 
 def _padding_for(spec: DemoSpec, seed: int) -> int:
@@ -549,88 +462,8 @@ def _json_text(value: object) -> str:
 # --- shards ------------------------------------------------------------------------------------------
 
 
-class _GzipSink:
-    """A write-only file for tarfile that gzips into ``raw``; at ``split_at`` (an uncompressed offset) it
-    ends the gzip stream and starts a second one, as a shard made of concatenated gzip members."""
-
-    def __init__(self, raw: BinaryIO, level: int, split_at: int | None) -> None:
-        self._raw = raw
-        self._level = level
-        self._split_at = split_at
-        self._position = 0
-        self.streams = 1
-        self._gzip = self._new_stream()
-
-    def _new_stream(self) -> gzip.GzipFile:
-        # filename="" and mtime=0: no build path or time in the header, so builds are byte-identical.
-        return gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, compresslevel=self._level, mtime=0)
-
-    def split_at(self, offset: int) -> None:
-        """End the current gzip stream once ``offset`` uncompressed bytes have been written."""
-        self._split_at = offset
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        view = memoryview(data)
-        size = len(view)
-        split = self._split_at
-        if split is not None and self._position < split < self._position + size:
-            head = split - self._position
-            self._gzip.write(view[:head])
-            self._gzip.close()
-            self._gzip = self._new_stream()
-            self.streams += 1
-            self._gzip.write(view[head:])
-            self._split_at = None
-        else:
-            self._gzip.write(view)
-        self._position += size
-        return size
-
-    def tell(self) -> int:
-        return self._position
-
-    def close(self) -> None:
-        self._gzip.close()
-
-
-@dataclass(frozen=True)
-class _Flavour:
-    tar_format: str
-    gzip_level: int
-    dot_slash: bool
-    dir_entries: bool
-    two_streams: bool
-
-
-def _flavour(directory_index: int, shard_index: int, global_index: int) -> _Flavour:
-    # The format depends on the directory too, so each directory's shards differ from each other and the
-    # long perception_test names land in both a USTAR shard (prefix split) and a GNU one (LongLink).
-    return _Flavour(
-        tar_format=_FORMAT_CYCLE[(directory_index + shard_index) % len(_FORMAT_CYCLE)],
-        gzip_level=_GZIP_LEVEL_CYCLE[global_index % len(_GZIP_LEVEL_CYCLE)],
-        dot_slash=global_index % 2 == 1,
-        dir_entries=global_index % 4 in (0, 1),
-        two_streams=global_index == 1,
-    )
-
-
-def _tarinfo(name: str, flavour: _Flavour, *, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mode = 0o755 if directory else 0o644
-    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
-    info.uid = info.gid = 1000
-    info.uname = info.gname = "liwei"
-    info.mtime = _TAR_MTIME
-    if flavour.tar_format == "pax":
-        # GNU tar --format=pax records sub-second times in an extended header for every member.
-        info.mtime = _TAR_MTIME + 0.25
-        info.pax_headers = {"atime": f"{_TAR_MTIME}.5", "ctime": f"{_TAR_MTIME}.75"}
-    return info
-
-
 def _write_shard(
-    path: Path, clips: list[_Clip], spec: DemoSpec, flavour: _Flavour
+    path: Path, clips: list[_Clip], spec: DemoSpec, flavour: Flavour
 ) -> tuple[DemoShard, list[DemoVideo]]:
     prefix = "./" if flavour.dot_slash else ""
     videos: list[DemoVideo] = []
@@ -638,12 +471,12 @@ def _write_shard(
     repo_path = f"{path.parent.name}/{path.name}"
     with path.open("wb") as raw:
         # A two-stream shard splits in the middle of its middle member, the hardest place for an indexer.
-        sink = _GzipSink(raw, flavour.gzip_level, split_at=None)
+        sink = GzipSink(raw, flavour.gzip_level, split_at=None)
         # cast: the sink is write-only, and tarfile's "w" mode never reads or seeks its file.
-        tar_file = tarfile.TarFile(fileobj=cast(Any, sink), mode="w", format=_TAR_FORMATS[flavour.tar_format])
+        tar_file = tarfile.TarFile(fileobj=cast(Any, sink), mode="w", format=TAR_FORMATS[flavour.tar_format])
         with tar_file as tar:
             if flavour.dir_entries and flavour.dot_slash:
-                tar.addfile(_tarinfo(".", flavour, directory=True))
+                tar.addfile(tarinfo(".", flavour, directory=True))
             for position, clip in enumerate(clips):
                 data = _render(spec, clip.seed)
                 if flavour.dir_entries:
@@ -652,11 +485,11 @@ def _write_shard(
                         folder = "/".join(parts[:depth])
                         if folder not in emitted_dirs:
                             emitted_dirs.add(folder)
-                            tar.addfile(_tarinfo(prefix + folder, flavour, directory=True))
+                            tar.addfile(tarinfo(prefix + folder, flavour, directory=True))
                 if flavour.two_streams and position == len(clips) // 2:
                     # Past this member's header (one or more 512-byte blocks), inside its data.
                     sink.split_at(sink.tell() + 512 + len(data) // 2)
-                tar.addfile(_tarinfo(prefix + clip.path, flavour, size=len(data)), io.BytesIO(data))
+                tar.addfile(tarinfo(prefix + clip.path, flavour, size=len(data)), io.BytesIO(data))
                 videos.append(
                     DemoVideo(clip.path, len(data), hashlib.sha256(data).hexdigest(), repo_path, clip.seed)
                 )
@@ -776,7 +609,7 @@ def build_demo_dataset(root: Path, *, spec: DemoSpec | None = None) -> DemoManif
         packed = [clip for clip in plan.clips if clip.packed]
         for shard_index, (start, end) in enumerate(_shard_ranges(len(packed), spec.shards_per_dir)):
             shard_path = folder / f"{plan.name}_videos_{shard_index + 1}.tar.gz"
-            flavour = _flavour(directory_index, shard_index, global_shard_index)
+            flavour = flavour_of(directory_index, shard_index, global_shard_index)
             shard, videos = _write_shard(shard_path, packed[start:end], spec, flavour)
             manifest.shards[shard.path] = shard
             manifest.videos.update((video.path, video) for video in videos)
