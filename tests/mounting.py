@@ -28,10 +28,14 @@ def write_config(
     block_size: str = "8MiB",
     max_size: str = "10GiB",
     revision: str = "main",
+    min_free: str = "0",
 ) -> Path:
+    """A config for tests. ``min_free`` is 0 unless a test sets it, so that no count of cache hits depends
+    on the free space of the machine that runs the suite."""
     path.write_text(
         f'[hub]\nrepo = "{repo}"\nendpoint = "{endpoint}"\nrevision = "{revision}"\n\n'
-        f'[cache]\ndir = "{cache_dir}"\nblock_size = "{block_size}"\nmax_size = "{max_size}"\n\n{extra}'
+        f'[cache]\ndir = "{cache_dir}"\nblock_size = "{block_size}"\nmax_size = "{max_size}"\n'
+        f'min_free = "{min_free}"\n\n{extra}'
     )
     return path
 

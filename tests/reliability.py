@@ -8,16 +8,20 @@ the real ``CacheStore``, shard indexes and ``FsCore``; mounts run the real daemo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.mounting import cli, write_config
@@ -55,12 +59,14 @@ def write_cfg(
     hub_keys: str = FAST_HUB_KEYS,
     block_size: str = "64KiB",
     max_size: str = "1GiB",
+    min_free: str = "0",
     extra: str = "",
 ) -> Path:
     """A config like ``tests.mounting.write_config``, with extra ``[hub]`` keys (retry budget, token)."""
     path.write_text(
         f'[hub]\nrepo = "{repo}"\nendpoint = "{endpoint}"\nrevision = "main"\n{hub_keys}\n'
-        f'[cache]\ndir = "{cache_dir}"\nblock_size = "{block_size}"\nmax_size = "{max_size}"\n\n{extra}'
+        f'[cache]\ndir = "{cache_dir}"\nblock_size = "{block_size}"\nmax_size = "{max_size}"\n'
+        f'min_free = "{min_free}"\n\n{extra}'
     )
     return path
 
@@ -224,3 +230,76 @@ async def core_harness(
             nursery.cancel_scope.cancel()
     finally:
         cache.close()
+
+
+# -- full disks ----------------------------------------------------------------------------------------
+
+# The summary WARNING of files served uncached (the cache had no room).
+UNCACHED_WARNING = r"served \d+ files \(\d+ bytes\) uncached"
+
+# Another process that fills a filesystem: writes FILE until ENOSPC, then (with --hold) keeps it full,
+# re-filling whatever space appears, until its stdin closes.
+FILLER = r"""
+import os, select, sys
+path, hold = sys.argv[1], len(sys.argv) > 2
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+chunk = b"\xa5" * 4096
+def fill():
+    while True:
+        try:
+            os.write(fd, chunk)
+        except OSError:
+            return
+fill()
+print("full", flush=True)
+while hold and not select.select([sys.stdin], [], [], 0.01)[0]:
+    fill()
+"""
+
+
+class Filler:
+    """``with Filler(dir):`` another process fills ``dir``'s filesystem (and, with ``hold``, keeps it full
+    while the block runs); ``free()`` gives the space back."""
+
+    def __init__(self, directory: Path, *, hold: bool = False, leave_bytes: int = 0) -> None:
+        self.path = directory / "filler.bin"
+        self.hold = hold
+        self.leave_bytes = leave_bytes  # given back at once: a nearly full disk rather than a full one
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> Filler:
+        args = [sys.executable, "-c", FILLER, str(self.path)] + (["hold"] if self.hold else [])
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "full"
+        if self.leave_bytes:
+            os.truncate(self.path, max(0, self.path.stat().st_size - self.leave_bytes))
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+    def free(self) -> None:
+        self.stop()
+        self.path.unlink(missing_ok=True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.free()
+
+
+@contextlib.contextmanager
+def small_tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    """A real small filesystem (tmpfs of ``size``) mounted at ``directory`` for the block."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {done.stderr!r}")
+    try:
+        yield directory
+    finally:
+        if subprocess.run(["umount", str(directory)], check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(directory)], check=False)

@@ -66,6 +66,7 @@ EXIT_UNUSABLE_PATH = 3
 DEFAULT_REPO = "lmms-lab/LLaVA-Video-178K"
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_MAX_SIZE_BYTES = 200 * 2**30
+DEFAULT_UNCACHED_MAX_BYTES = 2**30
 DEFAULT_BLOCK_SIZE_BYTES = 8 * 2**20
 MIN_BLOCK_SIZE_BYTES = 64 * 2**10
 MAX_BLOCK_SIZE_BYTES = 256 * 2**20
@@ -104,12 +105,33 @@ class HubConfig:
         return not self.configs or any(fnmatch.fnmatchcase(directory, pat) for pat in self.configs)
 
 
+@dataclass(frozen=True, slots=True)
+class MinFree:
+    """``[cache] min_free``: free space the cache keeps on its filesystem, as bytes or as a percentage of
+    the filesystem's size (exactly one is set; both zero turns the limit off)."""
+
+    bytes: int = 0
+    percent: float = 0.0
+
+    def of(self, filesystem_bytes: int) -> int:
+        """The limit in bytes on a filesystem of ``filesystem_bytes``."""
+        return self.bytes or int(filesystem_bytes * self.percent / 100)
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent else str(self.bytes)
+
+
+DEFAULT_MIN_FREE = MinFree(percent=5.0)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CacheConfig:
     dir: Path
     max_size_bytes: int = DEFAULT_MAX_SIZE_BYTES
     block_size_bytes: int = DEFAULT_BLOCK_SIZE_BYTES
     shared_dir: Path | None = None
+    min_free: MinFree = DEFAULT_MIN_FREE
+    uncached_max_bytes: int = DEFAULT_UNCACHED_MAX_BYTES
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -256,7 +278,7 @@ _HUB_KEYS = (
     "connect_timeout_s",
     "read_timeout_s",
 )
-_CACHE_KEYS = ("dir", "max_size", "block_size", "shared_dir")
+_CACHE_KEYS = ("dir", "max_size", "block_size", "shared_dir", "min_free", "uncached_max")
 _UPSTREAM_KEYS = ("name", "prefix", "root", "pattern", "prefer")
 _MOUNT_KEYS = (
     "allow_other",
@@ -401,6 +423,23 @@ class _Table:
         if name not in self.data:
             return default
         return parse_size(self.data[name], key=self.key(name))
+
+    def min_free(self, name: str, default: MinFree) -> MinFree:
+        """A size, a percentage such as ``"5%"``, or 0 (no limit)."""
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if (value == 0 and not isinstance(value, bool)) or value in ("0", "0%"):
+            return MinFree()
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                percent = float(value.strip()[:-1])
+            except ValueError:
+                percent = math.nan
+            if not 0 <= percent < 100:
+                _invalid(self.key(name), f"expected a percentage from 0% to 99%, got {value!r}")
+            return MinFree(percent=percent)
+        return MinFree(bytes=parse_size(value, key=self.key(name)))
 
 
 class _Paths:
@@ -570,7 +609,12 @@ def _parse_cache(raw: object, paths: _Paths, env: Mapping[str, str]) -> CacheCon
     if shared_dir is not None and os.path.normpath(shared_dir) == os.path.normpath(cache_dir):
         _invalid("cache.shared_dir", f"must differ from cache.dir ({cache_dir})")
     return CacheConfig(
-        dir=cache_dir, max_size_bytes=max_size_bytes, block_size_bytes=block_size_bytes, shared_dir=shared_dir
+        dir=cache_dir,
+        max_size_bytes=max_size_bytes,
+        block_size_bytes=block_size_bytes,
+        shared_dir=shared_dir,
+        min_free=t.min_free("min_free", DEFAULT_MIN_FREE),
+        uncached_max_bytes=t.size("uncached_max", DEFAULT_UNCACHED_MAX_BYTES),
     )
 
 

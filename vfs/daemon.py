@@ -216,6 +216,15 @@ async def _read_catalog(
     return data
 
 
+def open_cache_store(config: Config) -> CacheStore:
+    """Blocking: the local cache as this config sets it up (quota, free space it keeps)."""
+    return CacheStore(
+        CacheLayout(config.cache.dir).data,
+        max_size_bytes=config.cache.max_size_bytes,
+        min_free=config.cache.min_free,
+    )
+
+
 def build_sources(
     config: Config,
     *,
@@ -235,6 +244,7 @@ def build_sources(
         nursery=nursery,
         client=client,
         lower_tiers=() if shared is None else (shared,),
+        uncached_max_bytes=config.cache.uncached_max_bytes,
         # one blocking pread per reader whose bytes are not in memory: as many as dataloaders read
         disk_threads=DISK_THREADS,
     )
@@ -307,9 +317,7 @@ async def serve(config: Config, mountpoint: Path, *, max_tasks: int = MAX_FUSE_T
     check_allow_other(config.mount.allow_other)
     layout = CacheLayout(config.cache.dir)
     await trio.to_thread.run_sync(layout.create)
-    cache = await trio.to_thread.run_sync(
-        lambda: CacheStore(layout.data, max_size_bytes=config.cache.max_size_bytes)
-    )
+    cache = await trio.to_thread.run_sync(lambda: open_cache_store(config))
     async with AsyncExitStack() as stack:
         client: HubClient | None = None
         if not config.hub.offline:
@@ -465,7 +473,14 @@ def live_stats(core: FsCore, cache: CacheStore, client: HubClient | None) -> dic
         "errors": dict(stats.errors),
         "open_handles": core.open_handles,
         "fetches_in_flight": core.sources.fetches_in_flight,
-        "cache": {"bytes": cache.size_bytes(), "entries": cache.entry_count(), **vars(cache.stats)},
+        "cache": {
+            "bytes": cache.size_bytes(),
+            "entries": cache.entry_count(),
+            "free_bytes": cache.free_bytes,
+            "min_free_bytes": cache.min_free_bytes,
+            **vars(cache.stats),
+        },
+        "uncached": vars(core.sources.uncached.stats),
     }
     if client is not None:
         out["hub"] = vars(client.stats)

@@ -47,6 +47,10 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` as the whole new content of ``path`` (private directory created if needed)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
+        raise
     publish(tmp, path)

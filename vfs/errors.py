@@ -117,3 +117,26 @@ def typed_error(exc: BaseException) -> VfsError | None:
     if not leaves or len(typed) != len(leaves):
         return None
     return next((leaf for leaf in typed if isinstance(leaf, FetchError)), typed[0])
+
+
+NO_SPACE_ERRNOS = frozenset({_errno.ENOSPC, _errno.EDQUOT})
+
+
+def no_space_error(exc: BaseException) -> BaseException | None:
+    """The out-of-space error behind ``exc`` (in a group, or as a cause), or None: an ``OSError`` with
+    ENOSPC or EDQUOT, or SQLite's "database or disk is full"."""
+    seen: set[int] = set()
+    pending = exception_leaves(exc)
+    while pending:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, OSError) and item.errno in NO_SPACE_ERRNOS:
+            return item
+        if type(item).__name__ == "OperationalError" and "full" in str(item):  # sqlite3, not imported here
+            return item
+        for linked in (item.__cause__, item.__context__):
+            if linked is not None:
+                pending.extend(exception_leaves(linked))
+    return None

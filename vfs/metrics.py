@@ -103,7 +103,24 @@ class VfsCollector:
             yield counter("cache_hits", "Local cache lookups that found a verified entry", cs.hits)
             yield counter("cache_misses", "Local cache lookups that found nothing usable", cs.misses)
             yield counter(
-                "cache_evictions", "Local cache entries evicted to stay within max_size", cs.evictions
+                "cache_evictions",
+                "Local cache entries evicted to stay within max_size and min_free",
+                cs.evictions,
+            )
+            yield counter(
+                "cache_evictions_for_space",
+                "Of those, evicted to keep [cache] min_free free on the cache's disk, or after an ENOSPC",
+                cs.evictions_for_space,
+            )
+            yield gauge(
+                "cache_free_bytes",
+                "Free bytes on the cache's filesystem (estimated between statvfs calls)",
+                self._cache.free_bytes,
+            )
+            yield gauge(
+                "cache_min_free_bytes",
+                "Free space the cache keeps ([cache] min_free)",
+                self._cache.min_free_bytes,
             )
             yield counter("cache_publishes", "Entries published into the local cache", cs.publishes)
             yield counter("cache_quarantined", "Local cache entries that failed verification", cs.quarantined)
@@ -126,6 +143,17 @@ class VfsCollector:
                 "Fetches (members, blocks, indexes) in progress",
                 self._sources.fetches_in_flight,
             )
+            uncached = self._sources.uncached.stats
+            yield counter(
+                "uncached_serves",
+                "Opens (and Hub-file blocks) served from memory because the cache had no room",
+                uncached.serves,
+            )
+            yield counter("uncached_bytes", "Bytes fetched to be served uncached", uncached.bytes)
+            yield gauge(
+                "uncached_held_bytes", "Bytes held in memory for open uncached files", uncached.held_bytes
+            )
+            yield counter("uncached_waits", "Opens that waited for [cache] uncached_max", uncached.waits)
             shared = self._sources.tiers.tier("shared")
             yield gauge(
                 "shared_configured", "1 when a shared cache tier is configured", int(shared is not None)

@@ -13,7 +13,6 @@ import errno
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -475,36 +474,6 @@ def test_sigterm_during_a_stalled_member_read_exits_0_and_unmounts(tmp_path, hub
     assert isinstance(result[0], OSError)  # the read could not complete: an error, not partial bytes
     assert cache_entries(cache_dir) == []
     assert m.unexpected_log_lines() == []  # a cancelled download at shutdown is not an error
-
-
-@pytest.mark.fuse
-def test_cache_disk_full_degrades_cleanly(tmp_path, hub, demo) -> None:
-    """The cache's file system fills up long before the quota: the opens that cannot be cached get EIO
-    (one out-of-space WARNING, not one per file), everything cached so far is still served, nothing is
-    wrong, and the mount stays up."""
-    cfg, cache_dir = mounted(tmp_path, hub.endpoint)  # max_size 1GiB: far more than the disk holds
-    data_dir = cache_dir / "data"
-    data_dir.mkdir(mode=0o700, exist_ok=True)
-    mounted_tmpfs = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=192k,mode=0700", "tmpfs", str(data_dir)], capture_output=True
-    )
-    if mounted_tmpfs.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs: {mounted_tmpfs.stderr!r}")
-    videos = sorted(demo.videos.values(), key=lambda v: v.path)
-    try:
-        with Mount(cfg, tmp_path / "mnt", allow_log=(r"out of space", *EIO_LOGS)) as m:
-            results = {v.path: outcome(read_file(m.mountpoint / v.path), v.sha256) for v in videos}
-            assert "WRONG" not in results.values()
-            exact = [v for v in videos if results[v.path] == "exact"]
-            assert exact and len(exact) < len(videos), results  # some fitted, the rest could not
-            for v in exact:  # still served from the full cache
-                drop_page_cache(m.mountpoint / v.path)
-                assert outcome(read_file(m.mountpoint / v.path), v.sha256) == "exact"
-            assert (m.mountpoint / ".vfs" / "revision").read_text().strip()  # the mount is up
-        warnings = [line for line in m.log().splitlines() if " WARNING " in line]
-        assert len(warnings) == 1 and "out of space" in warnings[0], warnings
-    finally:
-        subprocess.run(["umount", "-l", str(data_dir)], check=False)
 
 
 # ------------------------------------------------------------------------------------------------ security

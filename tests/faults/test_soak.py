@@ -5,11 +5,14 @@ faulty (resets, truncations, flipped bytes, ignored or wrong ranges, 503, 429, s
 small, so members are evicted and fetched again all the time, and every open drops the file's page cache,
 so reads keep reaching the daemon. Asserted: no wrong byte ever, no error at all (the retries absorb 1%),
 the daemon's memory and file descriptors stay flat, and its log holds nothing but the expected retry
-warnings. ``LLAVA_VFS_SOAK_S`` sets the duration (default 180 s).
+warnings. ``LLAVA_VFS_SOAK_S`` sets the duration (default 180 s). It runs twice: on a roomy disk, and on
+a nearly full one (a small tmpfs that another process keeps filled but for a few hundred KB, with
+``min_free`` set), where some reads are served uncached and none may fail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
@@ -23,7 +26,15 @@ import pytest
 
 from tests.conftest import REPO_ID
 from tests.mounting import Mount
-from tests.reliability import RETRY_LOGS, SKIPPED, indexed_cache, write_cfg
+from tests.reliability import (
+    RETRY_LOGS,
+    SKIPPED,
+    UNCACHED_WARNING,
+    Filler,
+    indexed_cache,
+    small_tmpfs,
+    write_cfg,
+)
 from vfs.hub.emulator import Fault
 
 pytestmark = [pytest.mark.slow, pytest.mark.fuse]
@@ -49,7 +60,8 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_soak_random_reads_with_one_percent_faults(tmp_path, hub, demo) -> None:
+@pytest.mark.parametrize("disk", ["roomy", "nearly_full"])
+def test_soak_random_reads_with_one_percent_faults(tmp_path, hub, demo, disk) -> None:
     expected: dict[str, bytes] = {}
     for shard in demo.shards:
         expected.update(member_bytes(demo.root / shard))
@@ -61,8 +73,21 @@ def test_soak_random_reads_with_one_percent_faults(tmp_path, hub, demo) -> None:
     paths = sorted([*demo.videos, *repo_files])
     cache_dir = indexed_cache(tmp_path.parent, hub.endpoint, REPO_ID, tmp_path / "cache")
     cfg = write_cfg(
-        tmp_path / "c.toml", endpoint=hub.endpoint, repo=REPO_ID, cache_dir=cache_dir, max_size="256KiB"
+        tmp_path / "c.toml",
+        endpoint=hub.endpoint,
+        repo=REPO_ID,
+        cache_dir=cache_dir,
+        max_size="256KiB",
+        min_free="0" if disk == "roomy" else "64KiB",
     )
+    with contextlib.ExitStack() as stack:
+        if disk == "nearly_full":
+            data_dir = stack.enter_context(small_tmpfs(cache_dir / "data", "4m"))
+            stack.enter_context(Filler(data_dir, leave_bytes=320 << 10))
+        soak(tmp_path, hub, cfg, paths, expected)
+
+
+def soak(tmp_path, hub, cfg, paths, expected) -> None:  # type: ignore[no-untyped-def]
     kinds = [
         ("reset", {}),
         ("reset", {"after_bytes": 1500}),
@@ -74,7 +99,7 @@ def test_soak_random_reads_with_one_percent_faults(tmp_path, hub, demo) -> None:
         ("rate_limit", {"retry_after_s": 0.1}),
         ("stall", {"after_bytes": 700, "delay_s": 3.0}),
     ]
-    allow = (*RETRY_LOGS, *SKIPPED)
+    allow = (*RETRY_LOGS, *SKIPPED, UNCACHED_WARNING)
     counts = {"opens": 0, "reads": 0, "bytes": 0}
     wrong: list[str] = []
     errors: list[str] = []

@@ -8,6 +8,7 @@ real 1 MiB tmpfs (root only).
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import hashlib
 import logging
@@ -33,6 +34,7 @@ from hypothesis import strategies as st
 from vfs.cache import store as store_mod
 from vfs.cache.entry import FOOTER_CRC, FOOTER_HEAD, FOOTER_SIZE, encode_trailer, entry_name
 from vfs.cache.store import CacheFull, CacheLocked, CacheStore
+from vfs.config import MinFree
 from vfs.errors import ConfigError, FetchError, IntegrityError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -802,32 +804,72 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
             subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)  # a test left an fd open
 
 
-@pytest.mark.allow_log(r"out of space")
-def test_enospc_raises_cache_full_and_publishes_nothing(
+@pytest.mark.allow_log(r"max_size .* is larger than its filesystem")
+def test_an_entry_larger_than_the_free_space_raises_cache_full_before_writing(
     tiny_tmpfs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = CacheStore(tiny_tmpfs / "cache", max_size_bytes=1 << 30)  # the quota is not what stops it
+    [warning] = warnings_of(caplog)
+    assert "is larger than its filesystem" in warning and "min_free" in warning
     big = patterned(2 << 20, seed=8)
     with pytest.raises(CacheFull) as raised:
         store.publish("big", big)
     assert isinstance(raised.value, FetchError) and raised.value.errno == errno.EIO
-    assert isinstance(raised.value.__cause__, OSError) and raised.value.__cause__.errno == errno.ENOSPC
-    # The writer form, failing inside the write loop.
+    assert "out of space" in str(raised.value)
     with pytest.raises(CacheFull), store.writer("big2", size=len(big)) as w:
-        for offset in range(0, len(big), 65536):
-            w.write(big[offset : offset + 65536])
-        w.commit()
+        w.write(big[:65536])  # refused at the first write: nothing was written or downloaded
     assert os.listdir(tiny_tmpfs / "cache" / "tmp") == []
     assert not store.contains("big") and store.lookup("big", size=len(big)) is None
     assert store.entry_count() == 0 and store.stats.publishes == 0
-    assert warnings_of(caplog) == [
-        f"cache {tiny_tmpfs / 'cache'} is out of space (No space left on device) writing 'big'; "
-        "entry not cached"
-    ]  # one WARNING; the repeat within the rate-limit window is DEBUG
-    small = patterned(200_000, seed=9)  # the temp files were removed, so the space is back
+    assert len(warnings_of(caplog)) == 1  # the store only logs it at DEBUG: the sources report it
+    small = patterned(200_000, seed=9)
     store.publish("small", small)
     assert lookup_bytes(store, "small", len(small)) == small
     store.close()  # the root lock's fd would keep the tmpfs busy
+
+
+def fill(directory: Path, leave_bytes: int) -> Path:
+    """Another writer takes the filesystem's free space down to about ``leave_bytes``."""
+    filler = directory / "filler.bin"
+    st = os.statvfs(directory)
+    with open(filler, "ab") as fh:
+        fh.write(b"\xa5" * max(0, st.f_bavail * st.f_frsize - leave_bytes))
+    return filler
+
+
+def test_min_free_evicts_lru_entries_to_keep_free_space(tiny_tmpfs: Path) -> None:
+    store = CacheStore(tiny_tmpfs / "cache", max_size_bytes=64 << 20, min_free=MinFree(bytes=400_000))
+    assert store.min_free_bytes == 400_000
+    entries = [(f"e{i}", patterned(100_000, seed=i)) for i in range(12)]  # 1.2 MB through a 1 MiB disk
+    for key, data in entries:
+        store.publish(key, data)
+        st = os.statvfs(tiny_tmpfs)
+        assert st.f_bavail * st.f_frsize >= 400_000
+    assert store.stats.evictions_for_space > 0 and store.stats.evictions == store.stats.evictions_for_space
+    assert store.contains("e11") and not store.contains("e0")  # least recently used first
+    assert lookup_bytes(store, "e11", 100_000) == entries[11][1]
+    store.close()
+
+
+def test_a_disk_filled_by_another_writer_evicts_then_raises_when_nothing_is_left(tiny_tmpfs: Path) -> None:
+    store = CacheStore(tiny_tmpfs / "cache", max_size_bytes=64 << 20)
+    for i in range(3):
+        store.publish(f"old{i}", patterned(100_000, seed=i))
+    filler = fill(tiny_tmpfs, 20_000)
+    fresh = patterned(150_000, seed=7)
+    store.publish("fresh", fresh)  # the old entries gave way
+    assert lookup_bytes(store, "fresh", len(fresh)) == fresh
+    assert store.stats.evictions_for_space >= 2
+    # now the disk is full, and evicting "fresh" (all that is left) is not enough
+    with open(filler, "ab") as fh, contextlib.suppress(OSError):
+        fh.write(b"\xa5" * (2 << 20))
+    with pytest.raises(CacheFull):
+        store.publish("more", patterned(300_000, seed=8))
+    assert os.listdir(tiny_tmpfs / "cache" / "tmp") == []
+    filler.unlink()  # space is back: caching resumes
+    store.publish("more", patterned(300_000, seed=8))
+    assert store.contains("more")
+    store.close()
 
 
 # -- offline check and start-up hygiene ------------------------------------------------------------

@@ -25,6 +25,7 @@ from vfs.config import (
     Config,
     HubConfig,
     MetricsConfig,
+    MinFree,
     MountConfig,
     UpstreamConfig,
     check_writable_cache,
@@ -132,6 +133,8 @@ def test_every_documented_key_is_parsed(tmp_path: Path) -> None:
         max_size_bytes=1_500_000_000_000,
         block_size_bytes=16 * 2**20,
         shared_dir=Path("/shared/llava-vfs-cache"),
+        min_free=MinFree(bytes=20 * 2**30),
+        uncached_max_bytes=4 * 2**30,
     )
     assert config.upstreams == (
         UpstreamConfig(name="charades", prefix="academic_source/Charades", root=roots["/data/charades"]),
@@ -178,7 +181,7 @@ def test_example_documents_every_field_with_a_default(tmp_path: Path) -> None:
     # One "Default" note per [hub]/[cache]/[mount]/[metrics] key (the three mount timeouts share one, and
     # so do the four hub retry/timeout keys, uid and gid, and the two modes), and the upstream keys other
     # than the required ones.
-    assert len(re.findall(r"^# Defaults?:", EXAMPLE.read_text(), flags=re.M)) == 7 + 4 + 7 + 2
+    assert len(re.findall(r"^# Defaults?:", EXAMPLE.read_text(), flags=re.M)) == 7 + 6 + 7 + 2
     for known, prefix in KNOWN_UPSTREAMS.items():
         assert re.search(rf"^#\s+{known}\s+{re.escape(prefix)}\b", EXAMPLE.read_text(), flags=re.M)
 
@@ -703,3 +706,47 @@ def test_cli_error_is_one_line_without_traceback(tmp_path: Path, text: str, code
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"llava-vfs: error: {path}: ")
     assert key in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected", "on_100_gib"),
+    [
+        ('"5%"', MinFree(percent=5.0), 5 * 2**30),
+        ('"12.5 %"', MinFree(percent=12.5), int(12.5 * 2**30)),
+        ('"20GiB"', MinFree(bytes=20 * 2**30), 20 * 2**30),
+        ("0", MinFree(), 0),
+        ('"0%"', MinFree(), 0),
+    ],
+)
+def test_min_free_is_a_size_or_a_percentage(
+    tmp_path: Path, value: str, expected: MinFree, on_100_gib: int
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[cache]\nmin_free = {value}\n")
+    config = load_config(path, env={"HOME": str(tmp_path)})
+    assert config.cache.min_free == expected
+    assert config.cache.min_free.of(100 * 2**30) == on_100_gib
+
+
+def test_min_free_and_uncached_max_defaults(tmp_path: Path) -> None:
+    config = load_config(None, env={"HOME": str(tmp_path)})
+    assert config.cache.min_free == MinFree(percent=5.0) and str(config.cache.min_free) == "5%"
+    assert config.cache.uncached_max_bytes == 2**30
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ('"100%"', "percentage"),
+        ('"x%"', "percentage"),
+        ('"-1%"', "percentage"),
+        ('"lots"', "bad size"),
+        ("true", "got boolean"),
+    ],
+)
+def test_min_free_rejects(tmp_path: Path, value: str, problem: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[cache]\nmin_free = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"HOME": str(tmp_path)})
+    assert info.value.exit_code == 2 and "cache.min_free" in str(info.value) and problem in str(info.value)

@@ -13,11 +13,13 @@ every other tier copies *into* it. Rules and the crash-safety argument: docs/des
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import trio
+
+from vfs.cache.store import CacheFull
 
 if TYPE_CHECKING:
     from vfs.cache.store import CacheStore
@@ -55,11 +57,18 @@ class MultilevelCache:
     blocking calls run in worker threads behind ``disk_limiter``."""
 
     def __init__(
-        self, local: CacheStore, lower: Sequence[DataCache], *, disk_limiter: trio.CapacityLimiter
+        self,
+        local: CacheStore,
+        lower: Sequence[DataCache],
+        *,
+        disk_limiter: trio.CapacityLimiter,
+        on_no_room: Callable[[int, str], None] = lambda size, why: None,
     ) -> None:
         self.local = local
         self.lower = tuple(lower)
         self._disk = disk_limiter
+        # A verified block the local store has no room for is still returned; this hears of it.
+        self._on_no_room = on_no_room
 
     def tier(self, name: str) -> DataCache | None:
         """The lower tier called ``name`` (for its stats), or None when it is not configured."""
@@ -80,18 +89,24 @@ class MultilevelCache:
         for depth, tier in enumerate(self.lower):
             data = await tier.get_block(ref, block_size, index)
             if data is not None:
-                await trio.to_thread.run_sync(self.local.publish, key, data, limiter=self._disk)
                 for above in self.lower[:depth]:
                     above.put_block_soon(key, data)
+                await self._publish_local(key, data)
                 return data, tier.name
         return None
 
     async def put_block(self, ref: HubFileRef, block_size: int, index: int, data: bytes) -> None:
         """Publish a verified block from the origin: to the local store now, to the lower tiers soon."""
         key = ref.block_key(block_size, index)
-        await trio.to_thread.run_sync(self.local.publish, key, data, limiter=self._disk)
         for tier in self.lower:
             tier.put_block_soon(key, data)
+        await self._publish_local(key, data)
+
+    async def _publish_local(self, key: str, data: bytes) -> None:
+        try:
+            await trio.to_thread.run_sync(self.local.publish, key, data, limiter=self._disk)
+        except CacheFull as exc:
+            self._on_no_room(len(data), str(exc))
 
     # -- shard members --------------------------------------------------------------------------------
 

@@ -39,6 +39,8 @@ from vfs.cache.entry import (
     read_trailer,
     sha256_of_prefix,
 )
+from vfs.cache.space import DiskSpace
+from vfs.config import MinFree
 from vfs.durable import fsync_dir
 from vfs.errors import ConfigError, FetchError, IntegrityError
 
@@ -49,8 +51,10 @@ _QUARANTINE_KEEP = 8
 # Recency survives restarts through the mtime; touching it at most once a second per entry keeps
 # repeated opens from turning into a stream of metadata writes.
 _TOUCH_GRANULARITY_NS = 1_000_000_000
-_CACHE_FULL_WARN_INTERVAL_S = 60.0
 _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+NO_MIN_FREE = MinFree()  # a store opened without a limit on free space (tests, verify-cache)
+# A write that meets ENOSPC evicts and tries again at most this many times before the entry is given up.
+_ENOSPC_RETRIES = 3
 
 
 class CacheFull(FetchError):
@@ -72,6 +76,7 @@ class CacheStats:
     misses: int = 0
     publishes: int = 0
     evictions: int = 0
+    evictions_for_space: int = 0  # of those, evicted to keep [cache] min_free free or after an ENOSPC
     quarantined: int = 0
     bytes_written: int = 0  # content bytes of published entries
 
@@ -210,6 +215,7 @@ class EntryWriter:
             raise ValueError(f"cache writer for {self.key!r} is already committed or aborted")
         if self._fd >= 0:
             return
+        self._store._reserve(self.key, self.size + FOOTER_SIZE + len(self.key))
         self._tmp_path = self._store._new_tmp_path(self._name, "tmp")
         try:
             self._fd = os.open(self._tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -220,12 +226,22 @@ class EntryWriter:
             raise
 
     def _write_all(self, view: memoryview) -> None:
-        try:
-            while view:
+        retries = 0
+        while view:
+            try:
                 n = os.write(self._fd, view)
-                view = view[n:]
-        except OSError as exc:
-            self._fail(exc)
+            except OSError as exc:
+                # The disk filled under us (another program): evict, and try again while that frees room.
+                left = self.size - self._written_bytes + FOOTER_SIZE + len(self.key)
+                if (
+                    exc.errno in _NO_SPACE_ERRNOS
+                    and retries < _ENOSPC_RETRIES
+                    and self._store._make_room_after_enospc(left)
+                ):
+                    retries += 1
+                    continue
+                self._fail(exc)
+            view = view[n:]
 
     def _fail(self, exc: OSError) -> None:
         self.abort()
@@ -237,7 +253,7 @@ class EntryWriter:
 class CacheStore:
     """A directory of verified entries with an LRU byte quota. Thread-safe; see the module docstring."""
 
-    def __init__(self, root: Path, *, max_size_bytes: int) -> None:
+    def __init__(self, root: Path, *, max_size_bytes: int, min_free: MinFree = NO_MIN_FREE) -> None:
         if max_size_bytes <= 0:
             raise ValueError(f"max_size_bytes must be > 0, got {max_size_bytes}")
         self.root = Path(root)
@@ -252,13 +268,13 @@ class CacheStore:
         self._verified: set[str] = set()
         self._verifying: dict[str, threading.Event] = {}
         self._active_tmp: set[str] = set()  # temp/trash file names in use by this process
-        self._cache_full_warned_at = -_CACHE_FULL_WARN_INTERVAL_S
         self._lock_fd = -1
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._lock_fd = self._take_root_lock()
             for sub in (self._entries_dir, self._tmp_dir, self._quarantine_dir):
                 sub.mkdir(mode=0o700, exist_ok=True)
+            self._space = DiskSpace(self.root, min_free)
         except OSError as exc:
             self.close()
             raise ConfigError(
@@ -268,16 +284,29 @@ class CacheStore:
         self._remove_other_versions()
         self._rebuild()
         with self._lock:
-            trash = self._evict_locked()
+            trash, _ = self._evict_locked(self._space.shortfall(0))
         self._unlink_trash(trash)
         log.info(
-            "cache %s: %d entries, %d bytes (max %d); %d temp files swept",
+            "cache %s: %d entries, %d bytes (max %d); %d bytes free on its filesystem (keeps %d free); "
+            "%d temp files swept",
             self.root,
             len(self._lru),
             self._total_bytes,
             self.max_size_bytes,
+            self._space.free_bytes,
+            self._space.min_free_bytes,
             self._swept_temp_files,
         )
+        if max_size_bytes > self._space.filesystem_bytes:
+            log.warning(
+                "cache %s: max_size (%d bytes) is larger than its filesystem (%d bytes): the free space it "
+                "keeps, min_free (%s, %d bytes), is the limit that rules",
+                self.root,
+                max_size_bytes,
+                self._space.filesystem_bytes,
+                min_free,
+                self._space.min_free_bytes,
+            )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -387,6 +416,16 @@ class CacheStore:
     def entry_count(self) -> int:
         with self._lock:
             return len(self._lru)
+
+    @property
+    def free_bytes(self) -> int:
+        """Free bytes on the cache's filesystem: the estimate between statvfs calls (``vfs.cache.space``)."""
+        return self._space.free_bytes
+
+    @property
+    def min_free_bytes(self) -> int:
+        """The free space the cache keeps on its filesystem (``[cache] min_free``), in bytes."""
+        return self._space.min_free_bytes
 
     def path_of(self, key: str) -> Path:
         """Where ``key``'s entry lives (whether or not it exists): for diagnostics and xattrs."""
@@ -521,11 +560,15 @@ class CacheStore:
             self._total_bytes -= file_bytes
         self._verified.discard(name)
 
-    def _evict_locked(self) -> list[Path]:
-        """Rename LRU entries out of place until within the quota; the caller unlinks the returned paths."""
+    def _evict_locked(self, space_needed: int = 0) -> tuple[list[Path], int]:
+        """Rename LRU entries out of place until within the quota and, for ``min_free``, until
+        ``space_needed`` bytes are freed (or none are left). The trash, for the caller to unlink once the
+        lock is released, and the bytes freed."""
         trash: list[Path] = []
-        while self._total_bytes > self.max_size_bytes and self._lru:
-            name = next(iter(self._lru))
+        freed = 0
+        while self._lru and (self._total_bytes > self.max_size_bytes or freed < space_needed):
+            for_space = self._total_bytes <= self.max_size_bytes
+            name, file_bytes = next(iter(self._lru.items()))
             self._forget_locked(name)
             target = self._new_tmp_path_locked(name, "evicted")
             try:
@@ -533,10 +576,36 @@ class CacheStore:
             except FileNotFoundError:
                 self._active_tmp.discard(target.name)
                 continue
+            freed += file_bytes
             self.stats.evictions += 1
+            self.stats.evictions_for_space += for_space
             trash.append(target)
-            log.debug("cache: evicted %s", name)
-        return trash
+            log.debug("cache: evicted %s%s", name, " for space" if for_space else "")
+        self._space.freed(freed)
+        return trash, freed
+
+    def _reserve(self, key: str, file_bytes: int) -> None:
+        """Make room for a new entry of ``file_bytes`` under ``min_free`` (evicting), or raise CacheFull
+        before anything is written or downloaded."""
+        with self._lock:
+            need = self._space.shortfall(file_bytes)
+            trash, freed = self._evict_locked(need)
+            room = freed >= need
+            if room:
+                self._space.written(file_bytes)
+            free = self._space.free_bytes
+        self._unlink_trash(trash)
+        if not room:
+            raise self._no_room(key, f"{free} bytes free, min_free keeps {self._space.min_free_bytes}")
+
+    def _make_room_after_enospc(self, left: int) -> bool:
+        """A write met ENOSPC: look again and evict for the ``left`` bytes still to write; whether
+        anything was freed (worth trying the write again)."""
+        with self._lock:
+            self._space.refresh()
+            trash, freed = self._evict_locked(max(self._space.shortfall(left), left))
+        self._unlink_trash(trash)
+        return freed > 0
 
     def _unlink_trash(self, trash: list[Path]) -> None:
         for path in trash:
@@ -571,11 +640,11 @@ class CacheStore:
                 if file_bytes > self.max_size_bytes:
                     # Over the quota by itself: evict for the others only, then index it at the cold
                     # end, so it is served now and is the first to go on the next publish.
-                    trash = self._evict_locked()
+                    trash, _ = self._evict_locked()
                     self._add_locked(name, file_bytes)
                 else:
                     self._add_locked(name, file_bytes)
-                    trash = self._evict_locked()  # never reaches the new entry: it alone fits
+                    trash, _ = self._evict_locked()  # never reaches the new entry: it alone fits
                 self._verified.add(name)  # its length and sha256 were checked while writing
                 self.stats.publishes += 1
                 self.stats.bytes_written += size
@@ -599,16 +668,16 @@ class CacheStore:
             fsync_dir(level.parent)
 
     def _cache_full(self, key: str, exc: OSError) -> CacheFull:
-        now = time.monotonic()
         with self._lock:
-            warn = now - self._cache_full_warned_at >= _CACHE_FULL_WARN_INTERVAL_S
-            if warn:
-                self._cache_full_warned_at = now
-        level = logging.WARNING if warn else logging.DEBUG
-        log.log(
-            level, "cache %s is out of space (%s) writing %r; entry not cached", self.root, exc.strerror, key
-        )
-        return CacheFull(f"cache {self.root} is out of space writing {key!r}: {exc.strerror}")
+            self._space.refresh()
+        return self._no_room(key, f"{exc.strerror}, {self._space.free_bytes} bytes free")
+
+    def _no_room(self, key: str, why: str) -> CacheFull:
+        """The error for an entry the cache has no room for, with nothing left to evict. Its callers
+        decide what the reader sees (``vfs.sources``: served uncached, one WARNING a minute), so this is
+        only DEBUG."""
+        log.debug("cache %s is out of space (%s) writing %r; entry not cached", self.root, why, key)
+        return CacheFull(f"cache {self.root} is out of space ({why})")
 
     # -- start-up --------------------------------------------------------------------------------
 

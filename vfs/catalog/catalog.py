@@ -149,8 +149,11 @@ class CatalogDir:
             con.executemany("INSERT INTO annotations VALUES (?, ?, ?, ?)", data.annotations)
             con.executemany("INSERT INTO bad_records VALUES (?, ?, ?, ?)", data.bad_records)
             con.commit()
-        finally:
+        except BaseException:
             con.close()
+            tmp.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
+            raise
+        con.close()
         publish(tmp, final)
         return final
 

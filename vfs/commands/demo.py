@@ -75,6 +75,7 @@ def run_demo(*, workdir: Path | None = None, keep: bool = False) -> int:
         config_path = work / "config.toml"
         config_path.write_text(
             f'[hub]\nrepo = "{REPO_ID}"\nendpoint = "{emu.endpoint}"\n\n[cache]\ndir = "{cache_dir}"\n'
+            'max_size = "10GiB"\n'  # the demo's few MB; the default would outgrow a small disk, and say so
         )
         config = load_config(config_path)
         t_index = time.monotonic()

@@ -42,7 +42,7 @@ from vfs.catalog.annotations import AnnotationError, annotation_kind, iter_video
 from vfs.catalog.catalog import CatalogData, CatalogDir, ShardInfo, WantedRow
 from vfs.config import Config
 from vfs.daemon import hub_call, open_client, resolve_token
-from vfs.errors import ConfigError, FetchError, IntegrityError, VfsError, exception_leaves
+from vfs.errors import ConfigError, FetchError, IntegrityError, VfsError, exception_leaves, no_space_error
 from vfs.hub.client import HubClient, RepoFile
 from vfs.layout import CacheLayout, index_path
 from vfs.refs import HubFileRef, MemberRef
@@ -377,7 +377,13 @@ async def index_async(config: Config, *, jobs: int, progress: bool, refresh: boo
 
 def run_index(config: Config, *, jobs: int = 2, progress: bool = True, refresh: bool = False) -> int:
     os.umask(0o077)  # catalogs, indexes and annotation copies are private to the user, like the cache
-    report = trio.run(lambda: index_async(config, jobs=jobs, progress=progress, refresh=refresh))
+    try:
+        report = trio.run(lambda: index_async(config, jobs=jobs, progress=progress, refresh=refresh))
+    except BaseException as exc:
+        full = no_space_error(exc)
+        if full is None:
+            raise
+        raise ConfigError(_no_space_message(config, full), 3) from None
     print(
         f"indexed {config.hub.repo}@{report.commit[:12]}: {report.annotation_files} annotation files, "
         f"{report.records} records ({report.bad_records} skipped), {report.wanted} wanted videos; "
@@ -391,3 +397,21 @@ def run_index(config: Config, *, jobs: int = 2, progress: bool = True, refresh: 
 
 def main(args: argparse.Namespace, config: Config) -> int:
     return run_index(config, jobs=args.jobs, progress=not args.no_progress, refresh=args.refresh)
+
+
+def _no_space_message(config: Config, exc: BaseException) -> str:
+    """One line: where the disk is full, how full, and what to do. Every file ``index`` writes is
+    published whole or not at all (temp file, rename), so a rerun after freeing space completes."""
+    where = Path(exc.filename) if isinstance(exc, OSError) and exc.filename else config.cache.dir
+    probe = where if where.is_dir() else where.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        st = os.statvfs(probe)
+        free = f"{st.f_bavail * st.f_frsize} bytes free"
+    except OSError:
+        free = "free space unknown"
+    return (
+        f"no space left writing {where} ({free}): nothing was left half-written; free some space on that "
+        "filesystem, or set [cache] dir elsewhere, and run `llava-vfs index` again"
+    )

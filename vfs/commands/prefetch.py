@@ -46,14 +46,14 @@ from rich.progress import (
 )
 
 from vfs.cache.shared import open_shared_cache
-from vfs.cache.store import CacheLocked, CacheStore, entry_file
+from vfs.cache.store import CacheFull, CacheLocked, CacheStore, entry_file
 from vfs.cache.tier import SharedTier
 from vfs.catalog.catalog import CatalogData, CatalogDir, load_catalog_offline
 from vfs.catalog.share import restore_from_share
 from vfs.commands.index import run_index
 from vfs.commands.output import human_size
 from vfs.config import Config
-from vfs.daemon import build_sources, open_client, resolve_token
+from vfs.daemon import build_sources, open_cache_store, open_client, resolve_token
 from vfs.errors import ConfigError, VfsError
 from vfs.layout import CacheLayout
 from vfs.mountinfo import mounts
@@ -93,6 +93,7 @@ class PrefetchReport:
     hub_bytes: int = 0  # bytes received from the Hub (0 through --mount: the mount counts its own)
     shared_hits: int = 0
     elapsed_s: float = 0.0
+    no_room: str | None = None  # the cache ran out of room: prefetching stopped there
 
 
 # -- the catalog ---------------------------------------------------------------------------------------
@@ -260,7 +261,7 @@ def open_cache_for_prefetch(config: Config) -> CacheStore | Path:
     layout = CacheLayout(config.cache.dir)
     layout.create()
     try:
-        return CacheStore(layout.data, max_size_bytes=config.cache.max_size_bytes)
+        return open_cache_store(config)
     except CacheLocked:
         owner = mount_owning_cache(config)
         if owner is not None:
@@ -362,6 +363,12 @@ async def _fetch_all(
                     else:
                         for index in range(item.ref.block_count(sources.block_size)):
                             await sources.hub_block(item.ref, index)
+                        if not sources.is_cached(item.ref):  # served, but the cache had no room for it
+                            raise CacheFull(f"cache {sources.cache.root} has no room for {item.path}")
+                except CacheFull as exc:  # the rest would not fit either: stop, say so once
+                    report.no_room = str(exc)
+                    workers.cancel_scope.cancel()
+                    return
                 except VfsError as exc:
                     report.failed.append((item.path, str(exc)))
                     log.warning("prefetch: %s: %s", item.path, exc)
@@ -550,7 +557,12 @@ def run_prefetch(
     )
     for path, problem in report.failed[:20]:
         out.write(f"failed: {path}: {problem}\n")
-    return 1 if report.failed or selection.unknown else 0
+    if report.no_room is not None:
+        out.write(
+            f"stopped: {report.no_room}; free space on the cache's disk, or lower [cache] min_free, and run "
+            "prefetch again (it skips what is cached)\n"
+        )
+    return 1 if report.failed or selection.unknown or report.no_room is not None else 0
 
 
 def main(args: argparse.Namespace, config: Config) -> int:

@@ -166,10 +166,20 @@ class FdCache:
         """Remember a dup of ``fd`` (the caller keeps its own fd)."""
         if self._max_entries <= 0 or key in self._entries:
             return
+        self._drop_evicted()
         self._entries[key] = (os.dup(fd), time.monotonic() + self._ttl_s)
         while len(self._entries) > self._max_entries:
             _, (old, _) = self._entries.popitem(last=False)
             os.close(old)
+
+    def _drop_evicted(self) -> None:
+        """Close the kept fds of entries the store has evicted (unlinked): a kept fd would hold their
+        blocks on a disk whose free space the cache keeps (``[cache] min_free``). An fstat of an open fd
+        never waits for the disk; this runs only when a new entry is kept, after a fetch."""
+        for key, (fd, _) in list(self._entries.items()):
+            if os.fstat(fd).st_nlink == 0:
+                del self._entries[key]
+                os.close(fd)
 
     def close(self) -> None:
         while self._entries:

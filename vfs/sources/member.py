@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import aclosing
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -35,8 +36,11 @@ log = logging.getLogger(__name__)
 MEMBER_ATTEMPTS = 5
 
 
-async def fetch_member(sources: FetchContext, ref: MemberRef, index: ShardIndex) -> None:
-    """Download, inflate, verify and publish one member; retried on integrity failures."""
+async def fetch_member(
+    sources: FetchContext, ref: MemberRef, index: ShardIndex, *, into_memory: bool = False
+) -> bytearray | None:
+    """Download, inflate, verify and publish one member; retried on integrity failures. ``into_memory``:
+    return its verified bytes instead of publishing them (the cache has no room)."""
     member = index.member(ref.member_path)
     if member is None or member.offset != ref.offset or member.size != ref.size:
         raise IntegrityError(f"{ref.member_path}: not in the index of shard {ref.shard_path} as catalogued")
@@ -44,9 +48,9 @@ async def fetch_member(sources: FetchContext, ref: MemberRef, index: ShardIndex)
     client = sources.require_client(ref.member_path)
     for attempt in range(1, MEMBER_ATTEMPTS + 1):
         try:
-            await _fetch_once(sources, ref, index, member, client, start, end)
+            data = await _fetch_once(sources, ref, index, member, client, start, end, into_memory)
             log.debug("fetched %s from %s [%d, %d)", ref.member_path, ref.shard_path, start, end)
-            return
+            return data
         except IntegrityError as exc:
             if attempt == MEMBER_ATTEMPTS:
                 raise
@@ -64,11 +68,16 @@ async def _fetch_once(
     client: HubClient,
     start: int,
     end: int,
-) -> None:
+    into_memory: bool,
+) -> bytearray | None:
     # Construction reads and inflates the checkpoint's window from the index file: off the trio thread.
     extractor = await trio.to_thread.run_sync(MemberExtractor, index, member, limiter=sources.cpu_limiter)
     # extractor.finish() verifies the member's sha256 before writer.commit(): no second hash pass
-    writer = sources.cache.writer(ref.cache_key, size=ref.size, sha256=ref.sha256, prehashed=True)
+    writer: _Sink = (
+        _MemorySink()
+        if into_memory
+        else sources.cache.writer(ref.cache_key, size=ref.size, sha256=ref.sha256, prehashed=True)
+    )
     await trio.to_thread.run_sync(writer.__enter__, limiter=sources.disk_limiter)
     ok = False
 
@@ -99,6 +108,42 @@ async def _fetch_once(
                     writer.__exit__, IntegrityError, None, None, limiter=sources.disk_limiter
                 )
     await trio.to_thread.run_sync(writer.__exit__, None, None, None, limiter=sources.disk_limiter)
+    return writer.buffer if isinstance(writer, _MemorySink) else None
+
+
+class _Sink(Protocol):
+    """Where a member's inflated bytes go: a cache entry writer, or memory."""
+
+    def __enter__(self) -> object: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+class _MemorySink:
+    """A member held in memory (``vfs.sources.uncached``); verified by the extractor, as on the disk."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def __enter__(self) -> _MemorySink:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+
+    def commit(self) -> None:
+        return None
 
 
 def _typed(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -21,6 +21,7 @@ from cachetools import LRUCache
 
 from vfs.access import Caller
 from vfs.cache.levels import MultilevelCache
+from vfs.cache.store import CacheFull
 from vfs.errors import FetchError, VfsError
 from vfs.layout import index_path
 from vfs.refs import HubFileRef, LocalFileRef, MemberRef, Ref, UpstreamRef, VirtualRef
@@ -29,6 +30,7 @@ from vfs.sources.hubfile import HubFileHandle, fetch_block
 from vfs.sources.member import fetch_member
 from vfs.sources.singleflight import SingleFlight
 from vfs.sources.timings import FetchTimings
+from vfs.sources.uncached import UncachedMembers
 from vfs.sources.upstream import open_local, open_upstream
 from vfs.targz.shard_index import ShardIndex
 
@@ -56,6 +58,7 @@ class Sources:
         cpu_threads: int = 2,
         index_cache_entries: int = 64,
         lower_tiers: Sequence[DataCache] = (),
+        uncached_max_bytes: int = 1 << 30,
     ) -> None:
         self.commit = commit
         self.timings = FetchTimings()
@@ -66,8 +69,12 @@ class Sources:
         self.client = client
         self.disk_limiter = trio.CapacityLimiter(disk_threads)
         self.cpu_limiter = trio.CapacityLimiter(cpu_threads)
+        # Members served from memory while the cache has no room (a full disk): vfs.sources.uncached.
+        self.uncached = UncachedMembers(uncached_max_bytes)
         # The local store, then the tiers below it (the cluster's shared tier), then the Hub.
-        self.tiers = MultilevelCache(cache, lower_tiers, disk_limiter=self.disk_limiter)
+        self.tiers = MultilevelCache(
+            cache, lower_tiers, disk_limiter=self.disk_limiter, on_no_room=self.uncached.note_block
+        )
         self._flights: SingleFlight[object] = SingleFlight(nursery)
         self._nursery = nursery
         self._indexes: LRUCache[str, ShardIndex] = LRUCache(maxsize=index_cache_entries)
@@ -85,7 +92,12 @@ class Sources:
         """A handle on ``ref``'s bytes. ``caller`` (an ``allow_other`` mount) is checked against an
         upstream file's real path; everything else the kernel has already checked (``vfs.access``)."""
         if isinstance(ref, MemberRef):
-            fd = await self.member_fd(ref)
+            try:
+                fd = await self.member_fd(ref)
+            except CacheFull as exc:  # nothing left to evict: serve it from memory, never fail the open
+                return await self.uncached.open(
+                    ref.cache_key, ref.size, functools.partial(self._fetch_member_uncached, ref), str(exc)
+                )
             return FdHandle(fd, ref.size, self.disk_limiter)
         if isinstance(ref, HubFileRef):
             return HubFileHandle(self, ref)
@@ -195,6 +207,14 @@ class Sources:
         await fetch_member(self, ref, index)
         self.timings.observe("member", "hub", trio.current_time() - started_s)
         self.tiers.member_fetched(ref)
+
+    async def _fetch_member_uncached(self, ref: MemberRef) -> bytearray:
+        started_s = trio.current_time()
+        index = await self.shard_index(ref.shard_sha256, ref.shard_path)
+        data = await fetch_member(self, ref, index, into_memory=True)
+        assert data is not None
+        self.timings.observe("member", "hub", trio.current_time() - started_s)
+        return data
 
     async def shard_index(self, shard_sha256: str, shard_path: str) -> ShardIndex:
         index = self._indexes.get(shard_sha256)

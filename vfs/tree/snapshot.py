@@ -37,7 +37,7 @@ from cachetools import LRUCache
 from vfs.catalog.catalog import CatalogData, CatalogDir
 from vfs.config import Config
 from vfs.durable import publish
-from vfs.errors import IntegrityError
+from vfs.errors import IntegrityError, no_space_error
 from vfs.layout import CacheLayout
 from vfs.refs import HubFileRef, LocalFileRef, MemberRef, Ref, UpstreamDirRef, UpstreamRef, VirtualRef
 from vfs.sources.upstream import Upstreams
@@ -204,8 +204,11 @@ def write_snapshot(
         }
         con.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
         con.commit()
-    finally:
+    except BaseException:
         con.close()
+        tmp.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
+        raise
+    con.close()
     publish(tmp, dest)
     _prune(dest)
     return dest
@@ -560,12 +563,13 @@ def build_namespace(
 
 
 def build_snapshot(
-    config: Config, layout: CacheLayout, catalog: CatalogData, *, stats: VirtualRef
+    config: Config, layout: CacheLayout, catalog: CatalogData, *, stats: VirtualRef, strict: bool = False
 ) -> tuple[Namespace, MountPlan, Path | None]:
     """Blocking (thread only): plan the mount, build its namespace and persist it as a snapshot.
 
     Returns the in-memory namespace and plan too, so a mount whose snapshot cannot be written (full disk,
-    read-only cache) still serves from memory; the path is None then."""
+    read-only cache) still serves from memory; the path is None then. ``strict`` (``index``): a full disk
+    is raised instead, for the one-line exit it is there."""
     ns, plan = build_namespace(config, layout, catalog, stats=stats)
     catalogs = CatalogDir(layout.catalog, config.hub.repo)
     if not plan.complete:
@@ -576,6 +580,8 @@ def build_snapshot(
             path, ns, plan.availability, plan.report, videos=len(catalog.members), cache_root=layout.root
         )
     except (OSError, sqlite3.Error) as exc:
+        if strict and no_space_error(exc) is not None:
+            raise
         log.warning(
             "could not persist the mount snapshot under %s (%s); serving from memory", catalogs.dir, exc
         )
@@ -586,7 +592,7 @@ def build_snapshot(
 def index_artifacts(config: Config, layout: CacheLayout, catalog: CatalogData) -> bool:
     """Blocking, for ``llava-vfs index``: build the filtered annotations and the mount snapshot for this
     config, so the first mount after an index starts fast. True when the snapshot was written."""
-    _, plan, path = build_snapshot(config, layout, catalog, stats=NO_STATS)
+    _, plan, path = build_snapshot(config, layout, catalog, stats=NO_STATS, strict=True)
     prune_available(
         layout, {str(ref.path) for _, ref in plan.entries.values() if isinstance(ref, LocalFileRef)}
     )
