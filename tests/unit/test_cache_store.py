@@ -810,7 +810,7 @@ def test_an_entry_larger_than_the_free_space_raises_cache_full_before_writing(
 ) -> None:
     store = CacheStore(tiny_tmpfs / "cache", max_size_bytes=1 << 30)  # the quota is not what stops it
     [warning] = warnings_of(caplog)
-    assert "is larger than its filesystem" in warning and "min_free" in warning
+    assert "is larger than its filesystem" in warning and "free space is the limit that rules" in warning
     big = patterned(2 << 20, seed=8)
     with pytest.raises(CacheFull) as raised:
         store.publish("big", big)

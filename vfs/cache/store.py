@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -268,6 +268,7 @@ class CacheStore:
         self._verified: set[str] = set()
         self._verifying: dict[str, threading.Event] = {}
         self._active_tmp: set[str] = set()  # temp/trash file names in use by this process
+        self._evict_listeners: list[Callable[[str], None]] = []
         self._lock_fd = -1
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -298,14 +299,14 @@ class CacheStore:
             self._swept_temp_files,
         )
         if max_size_bytes > self._space.filesystem_bytes:
+            keeps = self._space.min_free_bytes
             log.warning(
-                "cache %s: max_size (%d bytes) is larger than its filesystem (%d bytes): the free space it "
-                "keeps, min_free (%s, %d bytes), is the limit that rules",
+                "cache %s: max_size (%d bytes) is larger than its filesystem (%d bytes): %s is the limit "
+                "that rules",
                 self.root,
                 max_size_bytes,
                 self._space.filesystem_bytes,
-                min_free,
-                self._space.min_free_bytes,
+                f"the free space it keeps, min_free ({min_free}, {keeps} bytes)," if keeps else "free space",
             )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -416,6 +417,11 @@ class CacheStore:
     def entry_count(self) -> int:
         with self._lock:
             return len(self._lru)
+
+    def add_evict_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(entry file name)`` on every eviction, under the store's lock (keep it short):
+        whoever keeps fds of entries closes them, so an evicted entry's blocks are freed."""
+        self._evict_listeners.append(listener)
 
     @property
     def free_bytes(self) -> int:
@@ -576,6 +582,8 @@ class CacheStore:
             except FileNotFoundError:
                 self._active_tmp.discard(target.name)
                 continue
+            for listener in self._evict_listeners:
+                listener(name)
             freed += file_bytes
             self.stats.evictions += 1
             self.stats.evictions_for_space += for_space

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Protocol
 
 import trio
+
+from vfs.cache.entry import entry_name
 
 if TYPE_CHECKING:
     from vfs.cache.store import CacheStore
@@ -140,48 +143,54 @@ class FdCache:
 
     An open of a hot video then needs no worker thread (a dup never waits for the disk), which is most of
     the cost of opening a cached file through FUSE. Entries expire after ``ttl_s`` so the cache store still
-    sees regular lookups (recency, eviction); a kept fd of an entry evicted meanwhile still reads the same
-    verified bytes (POSIX). Trio thread only; no await between a check and its update.
+    sees regular lookups (recency, eviction). The store tells it of every eviction (``forget_entry``, from
+    a worker thread), and the kept fd is closed at once: it would otherwise hold the blocks of an entry
+    evicted to keep ``[cache] min_free`` free. Thread-safe; every call is short and never waits for a disk.
     """
 
     def __init__(self, *, max_entries: int = 256, ttl_s: float = 30.0) -> None:
         self._entries: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._keys: dict[str, str] = {}  # entry file name -> cache key, for forget_entry
         self._max_entries = max_entries
         self._ttl_s = ttl_s
+        self._lock = threading.Lock()
 
     def dup(self, key: str) -> int | None:
         """A new fd on ``key``'s entry (the caller owns it), or None."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        fd, expires = entry
-        if time.monotonic() > expires:
-            del self._entries[key]
-            os.close(fd)
-            return None
-        self._entries.move_to_end(key)
-        return os.dup(fd)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            fd, expires = entry
+            if time.monotonic() > expires:
+                self._drop_locked(key)
+                return None
+            self._entries.move_to_end(key)
+            return os.dup(fd)
 
     def keep(self, key: str, fd: int) -> None:
         """Remember a dup of ``fd`` (the caller keeps its own fd)."""
-        if self._max_entries <= 0 or key in self._entries:
-            return
-        self._drop_evicted()
-        self._entries[key] = (os.dup(fd), time.monotonic() + self._ttl_s)
-        while len(self._entries) > self._max_entries:
-            _, (old, _) = self._entries.popitem(last=False)
-            os.close(old)
+        with self._lock:
+            if self._max_entries <= 0 or key in self._entries:
+                return
+            self._entries[key] = (os.dup(fd), time.monotonic() + self._ttl_s)
+            self._keys[entry_name(key)] = key
+            while len(self._entries) > self._max_entries:
+                self._drop_locked(next(iter(self._entries)))
 
-    def _drop_evicted(self) -> None:
-        """Close the kept fds of entries the store has evicted (unlinked): a kept fd would hold their
-        blocks on a disk whose free space the cache keeps (``[cache] min_free``). An fstat of an open fd
-        never waits for the disk; this runs only when a new entry is kept, after a fetch."""
-        for key, (fd, _) in list(self._entries.items()):
-            if os.fstat(fd).st_nlink == 0:
-                del self._entries[key]
-                os.close(fd)
+    def forget_entry(self, name: str) -> None:
+        """The store evicted the entry file ``name``: close its kept fd, if any."""
+        with self._lock:
+            key = self._keys.get(name)
+            if key is not None:
+                self._drop_locked(key)
+
+    def _drop_locked(self, key: str) -> None:
+        fd, _ = self._entries.pop(key)
+        self._keys.pop(entry_name(key), None)
+        os.close(fd)
 
     def close(self) -> None:
-        while self._entries:
-            _, (fd, _) = self._entries.popitem()
-            os.close(fd)
+        with self._lock:
+            while self._entries:
+                self._drop_locked(next(iter(self._entries)))

@@ -63,6 +63,7 @@ class Sources:
         self.commit = commit
         self.timings = FetchTimings()
         self.open_fds = FdCache()  # re-opens of hot members skip the worker thread
+        cache.add_evict_listener(self.open_fds.forget_entry)
         self.cache = cache
         self.index_dir = index_dir
         self.block_size = block_size
@@ -178,13 +179,15 @@ class Sources:
             self.open_fds.keep(ref.cache_key, fd)
             return fd
         await self._flights.run(ref.cache_key, lambda: self._fetch_member_and_keep(ref))
-        # The fetch kept an fd on the entry it published: under a small quota, concurrent publishes may
-        # evict the entry before this reader gets here, and the kept fd still reads the verified bytes.
+        # The fetch kept an fd on the entry it published for the readers that waited on it. Under a cache
+        # too small for what is read at once, concurrent publishes may evict the entry (and close that fd)
+        # before this reader gets here: then it is served uncached, like any member the cache has no room
+        # for.
         fd = self.open_fds.dup(ref.cache_key)
         if fd is None:
             fd = await self._lookup_member(ref)
         if fd is None:
-            raise FetchError(f"{ref.member_path}: fetched but not in the cache (is the cache too small?)")
+            raise CacheFull(f"cache {self.cache.root} evicted {ref.member_path} before it could be opened")
         return fd
 
     async def _fetch_member_and_keep(self, ref: MemberRef) -> None:
