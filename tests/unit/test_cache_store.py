@@ -838,7 +838,7 @@ def fill(directory: Path, leave_bytes: int) -> Path:
 
 
 def test_min_free_evicts_lru_entries_to_keep_free_space(tiny_tmpfs: Path) -> None:
-    store = CacheStore(tiny_tmpfs / "cache", max_size_bytes=64 << 20, min_free=MinFree(bytes=400_000))
+    store = CacheStore(tiny_tmpfs / "cache", max_size_bytes=1 << 20, min_free=MinFree(bytes=400_000))
     assert store.min_free_bytes == 400_000
     entries = [(f"e{i}", patterned(100_000, seed=i)) for i in range(12)]  # 1.2 MB through a 1 MiB disk
     for key, data in entries:
@@ -852,7 +852,7 @@ def test_min_free_evicts_lru_entries_to_keep_free_space(tiny_tmpfs: Path) -> Non
 
 
 def test_a_disk_filled_by_another_writer_evicts_then_raises_when_nothing_is_left(tiny_tmpfs: Path) -> None:
-    store = CacheStore(tiny_tmpfs / "cache", max_size_bytes=64 << 20)
+    store = CacheStore(tiny_tmpfs / "cache", max_size_bytes=1 << 20)
     for i in range(3):
         store.publish(f"old{i}", patterned(100_000, seed=i))
     filler = fill(tiny_tmpfs, 20_000)
