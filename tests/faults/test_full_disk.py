@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -214,3 +215,27 @@ def test_a_full_shared_dir_is_a_write_outage_and_reads_stay_exact(tmp_path, hub,
         assert served["uncached"]["serves"] == 0
         [warning] = warnings(m)
         assert "not publishing" in warning
+
+
+def test_a_mount_on_a_full_disk_starts_and_serves_from_memory(tmp_path, hub, demo, small_fs) -> None:
+    """The whole cache dir is on the full disk: the derived `.vfs/` files (and so the snapshot) cannot be
+    written, so the mount serves its tree from memory, and every video uncached."""
+    staged = indexed_cache(tmp_path.parent, hub.endpoint, REPO_ID, tmp_path / "staged")
+    cache_dir = small_fs(tmp_path / "cache", "8m")
+    shutil.copytree(staged, cache_dir, dirs_exist_ok=True)
+    snapshots = list(cache_dir.glob("catalog/*/snapshots"))
+    assert snapshots
+    for directory in snapshots:
+        shutil.rmtree(directory)  # the mount must build its tree, and cannot write what it derives
+    cfg = write_cfg(
+        tmp_path / "c.toml", endpoint=hub.endpoint, repo=REPO_ID, cache_dir=cache_dir, max_size="8MiB"
+    )
+    videos = sorted(demo.videos.values(), key=lambda v: v.path)
+    expected = (UNCACHED_WARNING, r"could not write \.vfs/missing\.tsv .*No space left on device")
+    with Filler(cache_dir), Mount(cfg, tmp_path / "mnt", allow_log=expected) as m:
+        for video in videos:
+            read_exact(m, video)
+        assert stats(m)["uncached"]["serves"] >= len(videos)
+        assert (m.mountpoint / ".vfs" / "revision").read_text().strip()
+    log = m.log()
+    assert "building the mount snapshot" in log and "could not write .vfs/missing.tsv" in log
