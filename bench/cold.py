@@ -73,7 +73,7 @@ def cold_spec(quick: bool, tiny: bool) -> RepoSpec:
 
 
 def run(report: Report, work: Path, data_dir: Path, *, quick: bool, tiny: bool = False) -> None:
-    from vfs.sources.member import PARALLEL_MIN_BYTES
+    from vfs.hub.parallel import PARALLEL_MIN_BYTES
     from vfs.targz.shard_index import ShardIndex
 
     repo = build_repo(cold_spec(quick, tiny), data_dir)

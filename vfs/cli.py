@@ -60,7 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
         "pin the revision, read annotations, index shards, write the catalog",
         writes_cache=True,
     )
-    p.add_argument("--jobs", "-j", type=int, default=2, help="shards indexed in parallel (default 2)")
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=None,
+        help="shards indexed in parallel (default: one per core, at most half of --connections)",
+    )
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=8,
+        help="ranged connections to the Hub's CDN in all, shared by the shards being indexed (default 8)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--refresh",

@@ -1,11 +1,12 @@
-"""Parallel ranges for large shard members (vfs.sources.member): how a fetch range is cut, how the parts are
-fetched (adaptively, in order, never overlapping), and that the integrity rules hold when a part goes wrong.
+"""Parallel ranges (vfs.hub.parallel, used by the member fetch and the index pass): how a fetch range is
+cut, how the parts are fetched (adaptively, in order, never overlapping), and that the integrity rules
+hold when a part goes wrong.
 
 - ``part_bounds``: consecutive, disjoint parts covering exactly the range, within the size limits.
-- ``_download`` over the real ``HubClient`` against the emulator with its CDN paced per connection: exact
-  bytes in order, every byte asked for once (amplification 1.0), connections added when the network is
-  behind and not when the consumer is; a truncated part resumes at its first missing byte; a part that
-  cannot be fetched fails the whole download with a typed error.
+- ``download_in_order`` over the real ``HubClient`` against the emulator with its CDN paced per
+  connection: exact bytes in order, every byte asked for once (amplification 1.0), connections added
+  when the network is behind and not when the consumer is; a truncated part resumes at its first missing
+  byte; a part that cannot be fetched fails the whole download with a typed error.
 - ``fetch_member`` through ``FsCore`` on members of 6-12 MB: a flipped byte in any part is caught by the
   member's sha256 and refetched; a cold read costs at most 1.10x the member's size.
 """
@@ -31,13 +32,13 @@ from vfs.demo.dataset import DemoSpec, build_demo_dataset
 from vfs.errors import FetchError
 from vfs.hub.client import HubClient
 from vfs.hub.emulator import Fault, HubEmulator
-from vfs.sources import member
-from vfs.sources.member import (
+from vfs.hub.parallel import (
     MAX_CONNECTIONS,
     PARALLEL_MIN_BYTES,
     PART_MAX_BYTES,
     PART_MIN_BYTES,
     START_CONNECTIONS,
+    download_in_order,
     part_bounds,
 )
 
@@ -134,7 +135,7 @@ class CountingClient:
 async def download(
     emu: HubEmulator, *, chunk_bytes: int, consumer_delay_s: float = 0.0, faults: Sequence[Fault] = ()
 ) -> tuple[bytes, int]:
-    """Run ``member._download`` for [START, END); what it handed on, in order, and the most ranged streams
+    """Run ``download_in_order`` for [START, END); what it handed on, in order, and the most ranged streams
     it had open at once. ``faults`` are armed after the file is resolved."""
     async with HubClient(
         endpoint=emu.endpoint,
@@ -156,7 +157,7 @@ async def download(
         send, receive = trio.open_memory_channel[bytes](0)
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(member._download, counting, commit, BLOB, START, END, send)
+                nursery.start_soon(download_in_order, counting, commit, BLOB, START, END, send)
                 async with receive:
                     async for chunk in receive:
                         got += chunk

@@ -7,7 +7,8 @@ Steps, each resumable and idempotent (re-running after an interruption redoes on
    counting hostile or malformed records;
 3. for each included shard without an index, one sequential streamed pass builds its seek index
    (``vfs.targz.shard_index``), saved under its LFS sha256 so a re-uploaded shard is never confused
-   with the old one; ``--jobs`` shards at a time;
+   with the old one; ``--jobs`` shards at a time, each over several ranged connections
+   (``vfs.hub.parallel``), at most ``--connections`` in all, inflated in order in its own thread;
 4. write the per-commit catalog and pin the revision to the commit.
 
 The network stays on the trio thread (async client); inflating, hashing and parsing run in threads.
@@ -44,6 +45,7 @@ from vfs.config import Config
 from vfs.daemon import hub_call, open_client, resolve_token
 from vfs.errors import ConfigError, FetchError, IntegrityError, VfsError, exception_leaves, no_space_error
 from vfs.hub.client import HubClient, RepoFile
+from vfs.hub.parallel import download_in_order
 from vfs.layout import CacheLayout, index_path
 from vfs.refs import HubFileRef, MemberRef
 from vfs.targz.build import build_shard_index
@@ -71,6 +73,16 @@ class IndexReport:
     members: int = 0
     index_bytes: int = 0
     errors: list[str] = field(default_factory=list)
+
+
+# Ranged connections to the CDN the whole index pass may hold at once (``--connections``).
+DEFAULT_CONNECTIONS = 8
+
+
+def default_jobs(connections: int) -> int:
+    """Shards indexed at once: one per core (each shard's inflate is sequential, in its own thread; zlib
+    runs without the GIL), and no more than gives each shard two connections of the budget."""
+    return max(1, min(os.cpu_count() or 1, connections // 2))
 
 
 def included_directories(files: list[RepoFile], patterns: tuple[str, ...]) -> set[str]:
@@ -103,7 +115,12 @@ class _ChannelReader:
 
 
 async def index_shard(
-    client: HubClient, commit: str, shard: RepoFile, dest: Path, progress: Callable[[int], None] | None = None
+    client: HubClient,
+    commit: str,
+    shard: RepoFile,
+    dest: Path,
+    progress: Callable[[int], None] | None = None,
+    budget: trio.CapacityLimiter | None = None,
 ) -> ShardIndex:
     """Stream a shard once and build, save and return its index.
 
@@ -113,9 +130,8 @@ async def index_shard(
     send, receive = trio.open_memory_channel[bytes](8)
 
     async def pump() -> None:
-        async with send:
-            async for chunk in client.stream_range(commit, shard.path, 0, shard.size):
-                await send.send(chunk)
+        # Several ranged connections, handed on in order: one CDN connection is slower than the inflate.
+        await download_in_order(client, commit, shard.path, 0, shard.size, send, budget=budget)
 
     reader = _ChannelReader(receive)
     read = reader.read if shard.lfs_sha256 else _BlobCheckingReader(reader.read, shard).read
@@ -205,7 +221,8 @@ async def build_catalog(
     layout: CacheLayout,
     client: HubClient,
     *,
-    jobs: int = 2,
+    jobs: int | None = None,
+    connections: int = DEFAULT_CONNECTIONS,
     progress: bool = False,
     share: IndexShare | None = None,
 ) -> tuple[CatalogData, IndexReport]:
@@ -247,7 +264,8 @@ async def build_catalog(
     report.wanted = len({w.path for w in data.wanted})
 
     bar = _Progress(enabled=progress, total=sum(s.size for s in shards))
-    limiter = trio.CapacityLimiter(max(1, jobs))
+    limiter = trio.CapacityLimiter(jobs or default_jobs(connections))
+    budget = trio.CapacityLimiter(connections)
     indexes: dict[str, ShardIndex] = {}
 
     async def one(shard: RepoFile) -> None:
@@ -265,7 +283,9 @@ async def build_catalog(
                 log.warning("%s: %s; rebuilding", dest, exc)
         async with limiter:
             try:
-                indexes[shard.path] = await index_shard(client, commit, shard, dest, progress=bar.callback())
+                indexes[shard.path] = await index_shard(
+                    client, commit, shard, dest, progress=bar.callback(), budget=budget
+                )
             except (IntegrityError, FetchError) as exc:  # this shard only: the others are still indexed
                 log.error("%s: %s", shard.path, exc)
                 report.errors.append(f"{shard.path}: {exc}")
@@ -354,7 +374,14 @@ class _Progress:
             self._progress.update(self._task, shards=f"{self._done} shards done")
 
 
-async def index_async(config: Config, *, jobs: int, progress: bool, refresh: bool = False) -> IndexReport:
+async def index_async(
+    config: Config,
+    *,
+    jobs: int | None = None,
+    connections: int = DEFAULT_CONNECTIONS,
+    progress: bool,
+    refresh: bool = False,
+) -> IndexReport:
 
     if config.hub.offline:
         raise ConfigError("index needs the Hub, but offline mode is on (HF_HUB_OFFLINE or hub.offline)", 4)
@@ -364,7 +391,10 @@ async def index_async(config: Config, *, jobs: int, progress: bool, refresh: boo
     share = await IndexShare.open(config, refresh=refresh)
     async with open_client(config, token) as client:
         data, report = await hub_call(
-            build_catalog(config, layout, client, jobs=jobs, progress=progress, share=share), config
+            build_catalog(
+                config, layout, client, jobs=jobs, connections=connections, progress=progress, share=share
+            ),
+            config,
         )
     catalogs = CatalogDir(layout.catalog, config.hub.repo)
     await trio.to_thread.run_sync(catalogs.write, data)
@@ -375,10 +405,23 @@ async def index_async(config: Config, *, jobs: int, progress: bool, refresh: boo
     return report
 
 
-def run_index(config: Config, *, jobs: int = 2, progress: bool = True, refresh: bool = False) -> int:
+def run_index(
+    config: Config,
+    *,
+    jobs: int | None = None,
+    connections: int = DEFAULT_CONNECTIONS,
+    progress: bool = True,
+    refresh: bool = False,
+) -> int:
     os.umask(0o077)  # catalogs, indexes and annotation copies are private to the user, like the cache
+    if connections < 1 or (jobs is not None and jobs < 1):
+        raise ConfigError("--jobs and --connections must be at least 1", 2)
     try:
-        report = trio.run(lambda: index_async(config, jobs=jobs, progress=progress, refresh=refresh))
+        report = trio.run(
+            lambda: index_async(
+                config, jobs=jobs, connections=connections, progress=progress, refresh=refresh
+            )
+        )
     except BaseException as exc:
         full = no_space_error(exc)
         if full is None:
@@ -396,7 +439,13 @@ def run_index(config: Config, *, jobs: int = 2, progress: bool = True, refresh: 
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
-    return run_index(config, jobs=args.jobs, progress=not args.no_progress, refresh=args.refresh)
+    return run_index(
+        config,
+        jobs=args.jobs,
+        connections=args.connections,
+        progress=not args.no_progress,
+        refresh=args.refresh,
+    )
 
 
 def _no_space_message(config: Config, exc: BaseException) -> str:
