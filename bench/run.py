@@ -21,7 +21,7 @@ from pathlib import Path
 from bench import common
 from bench.report import Report
 
-BENCHMARKS = ("headline", "cold", "concurrency", "peers", "scale")
+BENCHMARKS = ("headline", "cold", "indexpass", "concurrency", "peers", "scale")
 
 
 def main(argv: list[str] | None = None) -> int:

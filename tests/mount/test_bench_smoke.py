@@ -28,7 +28,7 @@ def test_bench_harness_runs_end_to_end_at_tiny_size(tmp_path: Path) -> None:
             "bench.run",
             "--tiny",
             "--only",
-            "headline,cold,concurrency,scale",
+            "headline,cold,indexpass,concurrency,scale",
             "--out",
             str(out),
             "--work",
