@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=8,
         help="ranged connections to the Hub's CDN in all, shared by the shards being indexed (default 8)",
     )
+    p.add_argument(
+        "--export",
+        metavar="DIR",
+        help="also write the shard indexes of the pinned commit to DIR, with a manifest and a dataset card",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--refresh",

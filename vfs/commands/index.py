@@ -41,6 +41,7 @@ from rich.progress import (
 from vfs.cache.index_share import IndexShare
 from vfs.catalog.annotations import AnnotationError, annotation_kind, iter_video_records, video_directory
 from vfs.catalog.catalog import CatalogData, CatalogDir, ShardInfo, WantedRow
+from vfs.catalog.export import ExportReport, check_destination, export_indexes
 from vfs.config import Config
 from vfs.daemon import hub_call, open_client, resolve_token
 from vfs.errors import ConfigError, FetchError, IntegrityError, VfsError, exception_leaves, no_space_error
@@ -73,6 +74,7 @@ class IndexReport:
     members: int = 0
     index_bytes: int = 0
     errors: list[str] = field(default_factory=list)
+    exported: ExportReport | None = None
 
 
 # Ranged connections to the CDN the whole index pass may hold at once (``--connections``).
@@ -381,6 +383,7 @@ async def index_async(
     connections: int = DEFAULT_CONNECTIONS,
     progress: bool,
     refresh: bool = False,
+    export: Path | None = None,
 ) -> IndexReport:
 
     if config.hub.offline:
@@ -402,6 +405,8 @@ async def index_async(
     await share.publish_catalog(catalogs.db_path(data.commit), data.commit, config.hub.revision)
     # .vfs/available/ files and the mount snapshot, so the first mount starts fast
     await trio.to_thread.run_sync(index_artifacts, config, layout, data)
+    if export is not None and not report.errors:
+        report.exported = await trio.to_thread.run_sync(export_indexes, export, data, layout.index)
     return report
 
 
@@ -412,14 +417,17 @@ def run_index(
     connections: int = DEFAULT_CONNECTIONS,
     progress: bool = True,
     refresh: bool = False,
+    export: Path | None = None,
 ) -> int:
     os.umask(0o077)  # catalogs, indexes and annotation copies are private to the user, like the cache
     if connections < 1 or (jobs is not None and jobs < 1):
         raise ConfigError("--jobs and --connections must be at least 1", 2)
+    if export is not None:
+        check_destination(export)
     try:
         report = trio.run(
             lambda: index_async(
-                config, jobs=jobs, connections=connections, progress=progress, refresh=refresh
+                config, jobs=jobs, connections=connections, progress=progress, refresh=refresh, export=export
             )
         )
     except BaseException as exc:
@@ -433,6 +441,11 @@ def run_index(
         f"{report.shards} shards ({report.shards_built} built now, {report.shard_bytes_read} bytes read), "
         f"{report.members} videos packed, index {report.index_bytes} bytes"
     )
+    if report.exported is not None:
+        print(
+            f"exported {report.exported.shards} shard indexes ({report.exported.index_bytes} bytes) of "
+            f"{config.hub.repo}@{report.commit[:12]} to {export}"
+        )
     for err in report.errors:
         print(f"error: {err}")
     return 1 if report.errors else 0
@@ -445,6 +458,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
         connections=args.connections,
         progress=not args.no_progress,
         refresh=args.refresh,
+        export=Path(args.export) if args.export else None,
     )
 
 
