@@ -10,7 +10,9 @@ network filesystem that refuses a directory fsync.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -43,14 +45,23 @@ def publish(tmp: Path, final: Path, *, synced: bool = False) -> None:
     fsync_dir(final.parent)
 
 
+@contextlib.contextmanager
+def replacing(final: Path) -> Iterator[Path]:
+    """A temp path beside ``final`` for the block to write: published over ``final`` when the block ends
+    (``publish``), removed when it raises, so a failed write (a full disk) leaves nothing half-written.
+    A leftover of an earlier crash under the same name is removed first."""
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    publish(tmp, final)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` as the whole new content of ``path`` (private directory created if needed)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
-        raise
-    publish(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)

@@ -120,6 +120,7 @@ def typed_error(exc: BaseException) -> VfsError | None:
 
 
 NO_SPACE_ERRNOS = frozenset({_errno.ENOSPC, _errno.EDQUOT})
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL ("database or disk is full"): the lowest layer does not load sqlite3
 
 
 def no_space_error(exc: BaseException) -> BaseException | None:
@@ -134,7 +135,7 @@ def no_space_error(exc: BaseException) -> BaseException | None:
         seen.add(id(item))
         if isinstance(item, OSError) and item.errno in NO_SPACE_ERRNOS:
             return item
-        if type(item).__name__ == "OperationalError" and "full" in str(item):  # sqlite3, not imported here
+        if getattr(item, "sqlite_errorcode", None) == _SQLITE_FULL:
             return item
         for linked in (item.__cause__, item.__context__):
             if linked is not None:

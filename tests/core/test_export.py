@@ -35,8 +35,11 @@ def test_export_writes_every_shard_index_with_a_manifest_and_a_card(tmp_path: Pa
     card = (export / "README.md").read_text()
     assert card.startswith("---\n") and hub.head() in card
 
+    stale = export / "indexes" / f"{'0' * 64}.idx"  # a shard no longer in the commit
+    stale.write_bytes(b"old")
     again = cli("index", "--config", str(cfg), "--no-progress", "--export", str(export))
     assert again.returncode == 0, again.stderr  # an export is refreshed in place
+    assert not stale.exists() and len(list((export / "indexes").iterdir())) == len(demo.shards)
 
     # A node that places the exported indexes streams no shard to index.
     cfg_b = write_config(tmp_path / "b.toml", endpoint=hub.endpoint, repo=REPO_ID, cache_dir=tmp_path / "b")

@@ -239,3 +239,27 @@ def test_a_mount_on_a_full_disk_starts_and_serves_from_memory(tmp_path, hub, dem
         assert (m.mountpoint / ".vfs" / "revision").read_text().strip()
     log = m.log()
     assert "building the mount snapshot" in log and "could not write .vfs/missing.tsv" in log
+
+
+def test_a_full_disk_is_recognised_behind_oserror_sqlite_and_groups(tmp_path, small_fs) -> None:
+    """``index`` turns these into its one-line exit 3: the check must see through what really raises."""
+    import sqlite3
+
+    from vfs.errors import no_space_error
+
+    full = small_fs(tmp_path / "tiny", "64k")
+    with Filler(full):
+        with pytest.raises(OSError) as raised_os:
+            (full / "more").write_bytes(b"x" * 8192)
+        con = sqlite3.connect(full / "db.sqlite")
+        with pytest.raises(sqlite3.OperationalError) as raised_sql:
+            con.execute("CREATE TABLE t (v BLOB)")
+            con.executemany("INSERT INTO t VALUES (?)", [(b"x" * 4096,)] * 64)
+            con.commit()
+        con.close()
+    assert no_space_error(raised_os.value) is raised_os.value
+    assert no_space_error(raised_sql.value) is raised_sql.value
+    group = BaseExceptionGroup("nursery", [ValueError("other"), RuntimeError("wrapped")])
+    group.exceptions[1].__cause__ = raised_os.value
+    assert no_space_error(group) is raised_os.value
+    assert no_space_error(ValueError("no")) is None

@@ -51,6 +51,11 @@ def encode_key(key: str) -> bytes:
     return encoded
 
 
+def entry_file_bytes(encoded_key: bytes, size: int) -> int:
+    """The size of the entry file of ``size`` content bytes under the key ``encoded_key``."""
+    return size + len(encoded_key) + FOOTER_SIZE
+
+
 def normalise_sha256(sha256: str | None) -> str | None:
     if sha256 is None:
         return None

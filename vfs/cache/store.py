@@ -28,12 +28,12 @@ from pathlib import Path
 from types import TracebackType
 
 from vfs.cache.entry import (
-    FOOTER_SIZE,
     FORMAT_VERSION,
     HEX,
     BadEntry,
     encode_key,
     encode_trailer,
+    entry_file_bytes,
     entry_name,
     normalise_sha256,
     read_trailer,
@@ -42,7 +42,7 @@ from vfs.cache.entry import (
 from vfs.cache.space import DiskSpace
 from vfs.config import MinFree
 from vfs.durable import fsync_dir
-from vfs.errors import ConfigError, FetchError, IntegrityError
+from vfs.errors import NO_SPACE_ERRNOS, ConfigError, FetchError, IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ _QUARANTINE_KEEP = 8
 # Recency survives restarts through the mtime; touching it at most once a second per entry keeps
 # repeated opens from turning into a stream of metadata writes.
 _TOUCH_GRANULARITY_NS = 1_000_000_000
-_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 NO_MIN_FREE = MinFree()  # a store opened without a limit on free space (tests, verify-cache)
 # A write that meets ENOSPC evicts and tries again at most this many times before the entry is given up.
 _ENOSPC_RETRIES = 3
@@ -133,6 +132,7 @@ class EntryWriter:
         self.size = size
         self._store = store
         self._name = entry_name(key)
+        self._file_bytes = entry_file_bytes(encode_key(key), size)
         self._expected_sha256 = normalise_sha256(sha256)
         if prehashed and self._expected_sha256 is None:
             raise ValueError("prehashed needs the sha256 the caller verified")
@@ -215,13 +215,13 @@ class EntryWriter:
             raise ValueError(f"cache writer for {self.key!r} is already committed or aborted")
         if self._fd >= 0:
             return
-        self._store._reserve(self.key, self.size + FOOTER_SIZE + len(self.key))
+        self._store._reserve(self.key, self._file_bytes)
         self._tmp_path = self._store._new_tmp_path(self._name, "tmp")
         try:
             self._fd = os.open(self._tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             self.abort()
-            if exc.errno in _NO_SPACE_ERRNOS:
+            if exc.errno in NO_SPACE_ERRNOS:
                 raise self._store._cache_full(self.key, exc) from exc
             raise
 
@@ -232,9 +232,9 @@ class EntryWriter:
                 n = os.write(self._fd, view)
             except OSError as exc:
                 # The disk filled under us (another program): evict, and try again while that frees room.
-                left = self.size - self._written_bytes + FOOTER_SIZE + len(self.key)
+                left = self._file_bytes - self._written_bytes
                 if (
-                    exc.errno in _NO_SPACE_ERRNOS
+                    exc.errno in NO_SPACE_ERRNOS
                     and retries < _ENOSPC_RETRIES
                     and self._store._make_room_after_enospc(left)
                 ):
@@ -245,7 +245,7 @@ class EntryWriter:
 
     def _fail(self, exc: OSError) -> None:
         self.abort()
-        if exc.errno in _NO_SPACE_ERRNOS:
+        if exc.errno in NO_SPACE_ERRNOS:
             raise self._store._cache_full(self.key, exc) from exc
         raise exc
 
@@ -336,7 +336,7 @@ class CacheStore:
         key_bytes = encode_key(key)
         name = hashlib.sha256(key_bytes).hexdigest()
         expected_sha256 = normalise_sha256(sha256)
-        expected_file_bytes = size + len(key_bytes) + FOOTER_SIZE
+        expected_file_bytes = entry_file_bytes(key_bytes, size)
         path = self._entry_path(name)
         while True:
             with self._lock:
@@ -659,7 +659,7 @@ class CacheStore:
         except OSError as exc:
             _unlink_quietly(tmp_path)
             self._release_tmp(tmp_path)
-            if exc.errno in _NO_SPACE_ERRNOS:
+            if exc.errno in NO_SPACE_ERRNOS:
                 raise self._cache_full(key, exc) from exc
             raise
         fsync_dir(final.parent)

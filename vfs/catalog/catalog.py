@@ -11,14 +11,13 @@ or the first mount pinned, so a mount restarts on the same bytes, even with the 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vfs.config import Config
-from vfs.durable import publish, write_atomic
+from vfs.durable import replacing, write_atomic
 from vfs.errors import ConfigError, IntegrityError
 from vfs.hub.client import is_commit_sha
 from vfs.layout import CacheLayout
@@ -113,8 +112,12 @@ class CatalogDir:
     def write(self, data: CatalogData) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         final = self.db_path(data.commit)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
+        with replacing(final) as tmp:
+            self._write_db(tmp, data)
+        return final
+
+    @staticmethod
+    def _write_db(tmp: Path, data: CatalogData) -> None:
         con = sqlite3.connect(tmp)
         try:
             con.executescript(_SCHEMA)
@@ -149,13 +152,8 @@ class CatalogDir:
             con.executemany("INSERT INTO annotations VALUES (?, ?, ?, ?)", data.annotations)
             con.executemany("INSERT INTO bad_records VALUES (?, ?, ?, ?)", data.bad_records)
             con.commit()
-        except BaseException:
+        finally:
             con.close()
-            tmp.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
-            raise
-        con.close()
-        publish(tmp, final)
-        return final
 
     def read(self, commit: str) -> CatalogData:
         path = self.db_path(commit)

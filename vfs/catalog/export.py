@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from vfs.catalog.catalog import CatalogData
-from vfs.durable import publish, write_atomic
+from vfs.durable import replacing, write_atomic
 from vfs.errors import ConfigError
 from vfs.layout import index_path
 from vfs.targz.shard_index import FORMAT_VERSION
@@ -42,9 +42,8 @@ def export_indexes(dest: Path, data: CatalogData, index_dir: Path) -> ExportRepo
     for shard in sorted(data.shards, key=lambda s: s.path):
         src = index_path(index_dir, shard.sha256)
         target = indexes / f"{shard.sha256}.idx"
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(src, tmp)
-        publish(tmp, target)
+        with replacing(target) as tmp:
+            shutil.copyfile(src, tmp)
         digest = hashlib.sha256(target.read_bytes()).hexdigest()
         total += target.stat().st_size
         shards.append(

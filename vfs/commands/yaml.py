@@ -33,7 +33,7 @@ from typing import TextIO
 from vfs.catalog.catalog import CatalogData
 from vfs.commands.prefetch import local_catalog
 from vfs.config import Config
-from vfs.durable import publish
+from vfs.durable import replacing
 from vfs.errors import ConfigError
 
 AVAILABLE_DIR = ".vfs/available"
@@ -127,9 +127,8 @@ def run_yaml(
         catalog, mountpoint, items, sampling_strategy=sampling_strategy, available_only=available_only
     )
     if output is not None:
-        tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        publish(tmp, output)
+        with replacing(output) as tmp:
+            tmp.write_text(text)
     else:
         (out or sys.stdout).write(text)
     missing = []

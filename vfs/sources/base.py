@@ -149,7 +149,7 @@ class FdCache:
     """
 
     def __init__(self, *, max_entries: int = 256, ttl_s: float = 30.0) -> None:
-        self._entries: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[int, float, str]] = OrderedDict()  # key -> fd, expiry, name
         self._keys: dict[str, str] = {}  # entry file name -> cache key, for forget_entry
         self._max_entries = max_entries
         self._ttl_s = ttl_s
@@ -161,7 +161,7 @@ class FdCache:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            fd, expires = entry
+            fd, expires, _ = entry
             if time.monotonic() > expires:
                 self._drop_locked(key)
                 return None
@@ -173,8 +173,9 @@ class FdCache:
         with self._lock:
             if self._max_entries <= 0 or key in self._entries:
                 return
-            self._entries[key] = (os.dup(fd), time.monotonic() + self._ttl_s)
-            self._keys[entry_name(key)] = key
+            name = entry_name(key)
+            self._entries[key] = (os.dup(fd), time.monotonic() + self._ttl_s, name)
+            self._keys[name] = key
             while len(self._entries) > self._max_entries:
                 self._drop_locked(next(iter(self._entries)))
 
@@ -186,8 +187,8 @@ class FdCache:
                 self._drop_locked(key)
 
     def _drop_locked(self, key: str) -> None:
-        fd, _ = self._entries.pop(key)
-        self._keys.pop(entry_name(key), None)
+        fd, _, name = self._entries.pop(key)
+        del self._keys[name]
         os.close(fd)
 
     def close(self) -> None:

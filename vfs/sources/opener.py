@@ -22,6 +22,7 @@ from cachetools import LRUCache
 from vfs.access import Caller
 from vfs.cache.levels import MultilevelCache
 from vfs.cache.store import CacheFull
+from vfs.config import DEFAULT_UNCACHED_MAX_BYTES
 from vfs.errors import FetchError, VfsError
 from vfs.layout import index_path
 from vfs.refs import HubFileRef, LocalFileRef, MemberRef, Ref, UpstreamRef, VirtualRef
@@ -58,7 +59,7 @@ class Sources:
         cpu_threads: int = 2,
         index_cache_entries: int = 64,
         lower_tiers: Sequence[DataCache] = (),
-        uncached_max_bytes: int = 1 << 30,
+        uncached_max_bytes: int = DEFAULT_UNCACHED_MAX_BYTES,
     ) -> None:
         self.commit = commit
         self.timings = FetchTimings()

@@ -164,7 +164,7 @@ class UncachedHandle:
     direct_io = False
 
     def __init__(self, data: bytearray, release: Callable[[], None]) -> None:
-        self._data = data
+        self._data = memoryview(data)  # a read copies its range once, not the slice and then again
         self._release: Callable[[], None] | None = release
 
     async def read(self, offset: int, size: int) -> bytes:
@@ -172,6 +172,6 @@ class UncachedHandle:
 
     async def close(self) -> None:
         release, self._release = self._release, None
-        self._data = bytearray()
+        self._data = memoryview(b"")
         if release is not None:
             release()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from vfs.catalog.annotations import AnnotationError, normalise_video_path, write_filtered
 from vfs.datasets import REGISTRY, dataset_for_path
-from vfs.durable import publish
+from vfs.durable import replacing
 from vfs.layout import CacheLayout
 from vfs.refs import HubFileRef, LocalFileRef, MemberRef, UpstreamRef
 from vfs.tree.availability import (
@@ -267,17 +266,12 @@ def write_missing_tsv(av: Availability, directory: Path) -> LocalFileRef:
         )
     final = directory / f"missing-{key.hexdigest()[:32]}.tsv"
     if not final.exists():
-        tmp = directory / f".{final.name}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(b"path\treason\tguidance\n")
-                for path in ordered:
-                    miss = av.miss(path)
-                    line = f"{_tsv_field(path)}\t{miss.reason}\t{_tsv_field(miss.guidance)}\n"
-                    fh.write(line.encode("utf-8", "surrogateescape"))
-            publish(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with replacing(final) as tmp, open(tmp, "wb") as fh:
+            fh.write(b"path\treason\tguidance\n")
+            for path in ordered:
+                miss = av.miss(path)
+                line = f"{_tsv_field(path)}\t{miss.reason}\t{_tsv_field(miss.guidance)}\n"
+                fh.write(line.encode("utf-8", "surrogateescape"))
     return LocalFileRef(str(final), final.stat().st_size)
 
 
@@ -332,13 +326,8 @@ def _filter_one(src: Path, final: Path, available: set[str], label: str) -> None
         except ValueError:
             return False
 
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            kept, dropped = write_filtered(fin, fout, keep, file_label=label)
-        publish(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(final) as tmp, open(src, "rb") as fin, open(tmp, "wb") as fout:
+        kept, dropped = write_filtered(fin, fout, keep, file_label=label)
     log.info("%s: filtered copy keeps %d records, drops %d", label, kept, dropped)
 
 

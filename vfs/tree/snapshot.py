@@ -36,7 +36,7 @@ from cachetools import LRUCache
 
 from vfs.catalog.catalog import CatalogData, CatalogDir
 from vfs.config import Config
-from vfs.durable import publish
+from vfs.durable import replacing
 from vfs.errors import IntegrityError, no_space_error
 from vfs.layout import CacheLayout
 from vfs.refs import HubFileRef, LocalFileRef, MemberRef, Ref, UpstreamDirRef, UpstreamRef, VirtualRef
@@ -160,56 +160,51 @@ def write_snapshot(
     """Blocking: persist a built namespace and its guidance facts at ``dest`` (temp file, fsync, rename)."""
     started_ns = time.time_ns()
     dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    con = sqlite3.connect(tmp)
-    try:
-        con.execute("PRAGMA journal_mode=OFF")
-        con.execute("PRAGMA synchronous=OFF")  # durability comes from the fsync and rename below
-        con.executescript(_SCHEMA)
-        con.executemany(
-            "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (_encode(n, ns, cache_root) for n in ns.nodes()),
-        )
-        con.execute(_INDEX)
-        con.executemany(
-            "INSERT INTO facts VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
+    with replacing(dest) as tmp:
+        con = sqlite3.connect(tmp)
+        try:
+            con.execute("PRAGMA journal_mode=OFF")
+            con.execute("PRAGMA synchronous=OFF")  # durability comes from the fsync and rename below
+            con.executescript(_SCHEMA)
+            con.executemany(
+                "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (_encode(n, ns, cache_root) for n in ns.nodes()),
+            )
+            con.execute(_INDEX)
+            con.executemany(
+                "INSERT INTO facts VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    path,
-                    int(f.available),
-                    int(f.wanted),
-                    f.reason,
-                    f.shard,
-                    f.escaped,
-                    json.dumps(f.unindexed) if f.unindexed else None,
-                )
-                for path, f in availability.all_facts()
-            ),
-        )
-        meta = {
-            "format": SNAPSHOT_FORMAT,
-            "commit": availability.catalog.commit,
-            "built_ns": str(started_ns),
-            "nodes": str(len(ns)),
-            "file_count": str(ns.file_count),
-            "total_bytes": str(ns.total_bytes),
-            "videos": str(videos),
-            "indexed": "1" if availability.indexed else "0",
-            "data_sources": json.dumps(sorted(availability.data_sources)),
-            "wanted_tops": json.dumps(sorted(availability.wanted_tops)),
-            "upstream_dirs": json.dumps(availability.resolution.listed, sort_keys=True),
-            "upstream_denied": json.dumps(sorted(availability.resolution.denied_dirs)),
-            "report": json.dumps(report, sort_keys=True),
-        }
-        con.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-        con.commit()
-    except BaseException:
-        con.close()
-        tmp.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
-        raise
-    con.close()
-    publish(tmp, dest)
+                    (
+                        path,
+                        int(f.available),
+                        int(f.wanted),
+                        f.reason,
+                        f.shard,
+                        f.escaped,
+                        json.dumps(f.unindexed) if f.unindexed else None,
+                    )
+                    for path, f in availability.all_facts()
+                ),
+            )
+            meta = {
+                "format": SNAPSHOT_FORMAT,
+                "commit": availability.catalog.commit,
+                "built_ns": str(started_ns),
+                "nodes": str(len(ns)),
+                "file_count": str(ns.file_count),
+                "total_bytes": str(ns.total_bytes),
+                "videos": str(videos),
+                "indexed": "1" if availability.indexed else "0",
+                "data_sources": json.dumps(sorted(availability.data_sources)),
+                "wanted_tops": json.dumps(sorted(availability.wanted_tops)),
+                "upstream_dirs": json.dumps(availability.resolution.listed, sort_keys=True),
+                "upstream_denied": json.dumps(sorted(availability.resolution.denied_dirs)),
+                "report": json.dumps(report, sort_keys=True),
+            }
+            con.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+            con.commit()
+        finally:
+            con.close()
     _prune(dest)
     return dest
 
